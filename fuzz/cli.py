@@ -1,0 +1,132 @@
+"""The ``shootdown`` command line.
+
+Exit status: 0 clean, 1 a violation was found, 2 bad input (a malformed file,
+an unknown name, a strategy file that does not implement the protocol).
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from impls import registry
+from impls.machine.plugin import Ops, PluginError
+
+from . import corpus
+from .report import lockstep_json, lockstep_text
+from .run import run_lockstep
+
+EXIT_OK, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def resolve_strategies(names: Sequence[str] | None, files: Sequence[str] | None) -> list[Ops]:
+    """--strategy NAME... and --strategy-file PATH...; the three built-ins by default."""
+    chosen = list(names or [])
+    paths = list(files or [])
+    if not chosen and not paths:
+        chosen = list(registry.STRATEGIES)
+    out = []
+    for n in chosen:
+        if n not in registry.STRATEGY_MODULES:
+            raise UsageError(f"unknown strategy {n!r} (built-ins: {', '.join(registry.STRATEGIES)}; "
+                             "use --strategy-file for a file)")
+        out.append(registry.strategy(n))
+    for p in paths:
+        out.append(registry.strategy(p) if p.endswith(".py") else _file_only(p))
+    names_seen = [s.name for s in out]
+    dup = {n for n in names_seen if names_seen.count(n) > 1}
+    if dup:
+        raise UsageError(f"two strategies are both named {sorted(dup)[0]!r}")
+    return out
+
+
+def _file_only(p: str) -> Ops:
+    raise UsageError(f"{p}: a strategy file must be a .py file")
+
+
+def resolve_platform(name: str | None, file: str | None, default: str) -> Ops:
+    if name and file:
+        raise UsageError("give --platform or --platform-file, not both")
+    if file:
+        if not file.endswith(".py"):
+            raise UsageError(f"{file}: a platform file must be a .py file")
+        return registry.platform(file)
+    name = name or default
+    if name.endswith(".py"):  # a litmus file may name a platform file
+        return registry.platform(name)
+    if name not in registry.PLATFORM_MODULES:
+        raise UsageError(f"unknown platform {name!r} (built-ins: {', '.join(registry.PLATFORMS)}; "
+                         "use --platform-file for a file)")
+    return registry.platform(name)
+
+
+def add_plugin_args(p: argparse.ArgumentParser, multi_platform: bool = False) -> None:
+    p.add_argument("--strategy", action="append", metavar="NAME",
+                   help=f"a built-in strategy ({', '.join(registry.STRATEGIES)}); repeatable; "
+                        "default: all three")
+    p.add_argument("--strategy-file", action="append", metavar="PATH",
+                   help="a strategy written in one Python file (docs/writing-a-strategy.md); repeatable")
+    if multi_platform:
+        p.add_argument("--platform", action="append", metavar="NAME",
+                       help=f"a built-in platform ({', '.join(registry.PLATFORMS)}); repeatable")
+    else:
+        p.add_argument("--platform", metavar="NAME",
+                       help=f"override the program's platform ({', '.join(registry.PLATFORMS)})")
+    p.add_argument("--platform-file", metavar="PATH",
+                   help="a platform (flush mechanism) written in one Python file")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    lit = corpus.load(args.file)
+    strategies = resolve_strategies(args.strategy, args.strategy_file)
+    platform = resolve_platform(args.platform, args.platform_file, lit.program.platform)
+    res = run_lockstep(lit.program, strategies, platform)
+    if args.format == "json":
+        print(json.dumps(lockstep_json(res, lit), indent=2))
+    else:
+        print(lockstep_text(res, lit, verbose=not args.quiet))
+    return EXIT_OK if res.ok else EXIT_VIOLATION
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="shootdown",
+        description="Fuzzer and differential tester for the ways Linux frees page-table pages.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run a litmus program on strategies in lockstep and print verdicts",
+                       description="Replay a litmus/reproducer YAML file on each chosen strategy "
+                                   "(default: the three built-ins) and print the verdict per strategy.")
+    p.add_argument("file", help="a litmus file (docs/litmus-format.md)")
+    add_plugin_args(p)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("-q", "--quiet", action="store_true", help="verdict lines only")
+    p.set_defaults(func=cmd_run)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except (corpus.CorpusError, PluginError, UsageError) as e:
+        print(f"shootdown: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("shootdown: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Per-CPU and per-mm state, IRQ/preempt/RCU-reader state, and locks.
+
+A simulated CPU is a generator: each ``yield`` is a preemption point and yields
+a label naming it (``"gup_fast:pmd_read"``).  Blocking is a loop that sets
+``cpu.wait`` to a predicate and yields; the scheduler does not step a CPU whose
+predicate is false, except to deliver an interrupt when IRQs are enabled.
+
+RCU readers: with consolidated RCU (v4.20+) an IRQ-disabled or
+preempt-disabled region is a read-side critical section exactly like
+``rcu_read_lock()``.  ``in_reader()`` is the union; ``rcu_sid`` numbers the
+outermost sections so a grace period can wait for the readers that were
+running when it started (kernel/rcu/tree.c).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .page_alloc import Frame, SpinLock
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+Step = Generator[str, None, Any]
+
+
+class Vma:
+    __slots__ = ("start", "end")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+
+
+class RwSem:
+    """A sleeping reader/writer lock (``mmap_lock``)."""
+
+    __slots__ = ("name", "readers", "writer")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.readers = 0
+        self.writer: int | None = None
+
+
+class Mm:
+    """struct mm_struct (the parts the checks need)."""
+
+    __slots__ = (
+        "id", "pgd", "pgd_gen", "vmas", "cpumask", "users", "tlb_gen", "rss",
+        "nr_ptes", "nr_pmds", "nr_puds", "page_table_lock", "mmap_lock",
+        "tlb_flush_pending", "exited", "freed", "pv", "kvm", "iommu",
+        "notifier_active", "dying",
+    )
+
+    def __init__(self, mm_id: int, pgd: Frame | None) -> None:
+        self.id = mm_id
+        self.pgd = pgd
+        self.pgd_gen = pgd.gen if pgd else 0
+        self.vmas: list[Vma] = []
+        self.cpumask = 0          # mm_cpumask() as a bitmask
+        self.users = 0            # threads running this mm (mm_users)
+        self.tlb_gen = 1          # mm->context.tlb_gen
+        self.rss = 0
+        self.nr_ptes = 0
+        self.nr_pmds = 0
+        self.nr_puds = 0
+        self.page_table_lock = SpinLock(f"mm{mm_id}.page_table_lock")
+        self.mmap_lock = RwSem(f"mm{mm_id}.mmap_lock")
+        self.tlb_flush_pending = 0
+        self.dying = False        # exit_group() started
+        self.exited = False       # exit_mmap() done
+        self.freed = False        # __mmdrop(): pgd freed
+        self.pv: dict[str, Any] = {}
+        self.kvm: Any = None      # secondary MMUs registered through mmu notifiers
+        self.iommu: Any = None
+        self.notifier_active = 0  # invalidate_range_start/end nesting
+
+    @property
+    def name(self) -> str:
+        return "init_mm" if self.id < 0 else f"mm{self.id}"
+
+    def find_vma(self, addr: int) -> Vma | None:
+        for v in self.vmas:
+            if v.start <= addr < v.end:
+                return v
+        return None
+
+
+class Cpu:
+    __slots__ = (
+        "id", "m", "irq_off", "rcu_nesting", "preempt_count", "rcu_sid",
+        "current_mm", "active_mm", "loaded_mm", "is_lazy", "cr3_pfn", "cr3_gen",
+        "tlb", "psc", "local_tlb_gen", "ipi", "gen", "wait", "label", "done",
+        "pv", "op_index", "ops", "lazy_mmu", "op_mm", "in_irq",
+    )
+
+    def __init__(self, cpu_id: int, machine: Machine) -> None:
+        self.id = cpu_id
+        self.m = machine
+        self.irq_off = 0
+        self.rcu_nesting = 0
+        self.preempt_count = 0
+        self.rcu_sid = 0
+        self.current_mm: Mm | None = None  # current->mm (None: kernel thread)
+        self.active_mm: Mm | None = None   # current->active_mm
+        self.loaded_mm: Mm | None = None   # cpu_tlbstate.loaded_mm
+        self.is_lazy = False               # cpu_tlbstate_shared.is_lazy
+        self.cr3_pfn = 0                   # what the hardware walker uses
+        self.cr3_gen = 0
+        self.tlb: dict[int, tuple[int, int, bool]] = {}        # vpn -> (pfn, gen, rw)
+        self.psc: dict[tuple[int, int], tuple[int, int]] = {}  # (level, prefix) -> (pfn, gen)
+        self.local_tlb_gen = 0
+        self.ipi: deque[Any] = deque()
+        self.gen: Iterator[str] | None = None
+        self.wait: Callable[[], bool] | None = None
+        self.label = "idle"
+        self.done = False
+        self.pv: dict[str, Any] = {}
+        self.op_index = -1
+        self.ops: list[Any] = []
+        self.lazy_mmu = False              # arch_enter_lazy_mmu_mode() nesting flag
+        self.op_mm: Mm | None = None       # the mm the current operation works on
+        self.in_irq = False                # in_interrupt()
+
+    def in_reader(self) -> bool:
+        return self.irq_off > 0 or self.rcu_nesting > 0 or self.preempt_count > 0
+
+    def irqs_disabled(self) -> bool:
+        return self.irq_off > 0
+
+
+# -- include/linux/irqflags.h, preempt.h, rcupdate.h -------------------------
+
+def _enter_reader(cpu: Cpu) -> None:
+    if not cpu.in_reader():
+        cpu.rcu_sid += 1
+
+
+def local_irq_disable(cpu: Cpu) -> None:
+    _enter_reader(cpu)
+    cpu.irq_off += 1
+    cpu.m.h.emit(cpu.id, "irq_off")
+
+
+def local_irq_enable(cpu: Cpu) -> None:
+    cpu.irq_off -= 1
+    assert cpu.irq_off >= 0, "unbalanced local_irq_enable()"
+    cpu.m.h.emit(cpu.id, "irq_on")
+
+
+# local_irq_save()/local_irq_restore(): nesting is tracked by the counter
+local_irq_save = local_irq_disable
+local_irq_restore = local_irq_enable
+
+
+def preempt_disable(cpu: Cpu) -> None:
+    _enter_reader(cpu)
+    cpu.preempt_count += 1
+
+
+def preempt_enable(cpu: Cpu) -> None:
+    cpu.preempt_count -= 1
+    assert cpu.preempt_count >= 0, "unbalanced preempt_enable()"
+
+
+def rcu_read_lock(cpu: Cpu) -> None:
+    _enter_reader(cpu)
+    cpu.rcu_nesting += 1
+    cpu.m.h.emit(cpu.id, "rcu_read_lock")
+
+
+def rcu_read_unlock(cpu: Cpu) -> None:
+    cpu.rcu_nesting -= 1
+    assert cpu.rcu_nesting >= 0, "unbalanced rcu_read_unlock()"
+    cpu.m.h.emit(cpu.id, "rcu_read_unlock")
+
+
+def wait_until(cpu: Cpu, pred: Callable[[], bool], label: str) -> Step:
+    """Block (spin or sleep) until ``pred()`` holds; a preemption point."""
+    while not pred():
+        cpu.wait = pred
+        yield label
+    cpu.wait = None
+
+
+# -- locks -------------------------------------------------------------------
+
+def spin_lock(cpu: Cpu, lock: SpinLock, label: str = "spin_lock") -> Step:
+    """spin_lock(): disables preemption (an RCU reader from here on).
+
+    Taking a split PTL touches the ptdesc of its table: that access is checked
+    like any other software access to table memory.
+    """
+    if lock.frame is not None:
+        cpu.m.sw_touch(cpu, lock.frame, lock.gen, "ptl")
+    if lock.owner is not None:
+        yield from wait_until(cpu, lambda: lock.owner is None, label)
+    lock.owner = cpu.id
+    preempt_disable(cpu)
+    cpu.m.h.emit(cpu.id, "lock", lock=lock.name, pfn=lock.frame.pfn if lock.frame else 0)
+
+
+def spin_trylock(cpu: Cpu, lock: SpinLock, fails: bool = False) -> bool:
+    if lock.owner is not None or fails:
+        return False
+    lock.owner = cpu.id
+    preempt_disable(cpu)
+    cpu.m.h.emit(cpu.id, "lock", lock=lock.name, pfn=lock.frame.pfn if lock.frame else 0)
+    return True
+
+
+def spin_unlock(cpu: Cpu, lock: SpinLock) -> None:
+    assert lock.owner == cpu.id, f"{lock.name} unlocked by cpu{cpu.id}, owner {lock.owner}"
+    lock.owner = None
+    preempt_enable(cpu)
+    cpu.m.h.emit(cpu.id, "unlock", lock=lock.name, pfn=lock.frame.pfn if lock.frame else 0)
+
+
+def down_read(cpu: Cpu, sem: RwSem) -> Step:
+    if sem.writer is not None:
+        yield from wait_until(cpu, lambda: sem.writer is None, "mmap_read_lock")
+    sem.readers += 1
+
+
+def up_read(cpu: Cpu, sem: RwSem) -> None:
+    sem.readers -= 1
+
+
+def down_write(cpu: Cpu, sem: RwSem) -> Step:
+    if sem.writer is not None or sem.readers:
+        yield from wait_until(cpu, lambda: sem.writer is None and not sem.readers,
+                              "mmap_write_lock")
+    sem.writer = cpu.id
+
+
+def up_write(cpu: Cpu, sem: RwSem) -> None:
+    sem.writer = None
+
+
+def downgrade_write(cpu: Cpu, sem: RwSem) -> None:
+    """mmap_write_downgrade()."""
+    sem.writer = None
+    sem.readers += 1

@@ -1,0 +1,142 @@
+"""mm/gup.c: GUP-fast and a minimal slow GUP.
+
+``gup_fast()`` walks ``current->mm`` with local IRQs disabled from the PGD to
+the PTE, reading each entry once and descending through the local copy
+(``p?d_offset_lockless()``); at the PTE level it maps the table with
+``pte_offset_map()`` (nested ``rcu_read_lock()``), takes a speculative folio
+reference (``try_grab_folio_fast()``: add-unless-zero), then re-checks that
+both the PMD and the PTE are unchanged, dropping the reference on mismatch.
+
+IRQs off is what holds page-table frees off: a native flush IPI cannot be
+taken until the walk ends, and an IRQ-disabled region is an RCU reader.  The
+re-checks close the data-page races only.
+
+A strategy may replace ``gup_fast`` (a scheme that changes how the lockless
+walker protects itself); the machine calls ``m.S.gup_fast``.
+"""
+
+from __future__ import annotations
+
+from .cpu import Cpu, Mm, Step, down_read, local_irq_restore, local_irq_save, rcu_read_lock, up_read
+from .page_alloc import DATA, Frame
+from .pgtable import entry_pfn, entry_present, entry_writable, index, is_table_entry
+from .pgtable_generic import Ptr, __pte_offset_map_lock, child_of, pte_unmap, pte_unmap_unlock, walk_to_pmd
+
+WHO = "gup_fast"
+
+
+def try_grab_folio_fast(cpu: Cpu, page: Frame, addr: int) -> bool:
+    """mm/gup.c: try_grab_folio_fast() (FOLL_PIN): a reference unless the
+    refcount is already zero."""
+    m = cpu.m
+    if not m.frames.get_page_unless_zero(page):
+        m.h.emit(cpu.id, "gup_grab_failed", addr=addr, pfn=page.pfn)
+        return False
+    m.h.emit(cpu.id, "gup_grab", mm=cpu.current_mm.id, addr=addr, pfn=page.pfn, gen=page.gen)
+    return True
+
+
+def gup_put_folio(cpu: Cpu, page: Frame, addr: int) -> None:
+    m = cpu.m
+    m.h.emit(cpu.id, "gup_put", addr=addr, pfn=page.pfn, gen=page.gen)
+    m.frames.put_page(cpu.id, page, "gup_put_folio")
+
+
+def gup_fast(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
+    """mm/gup.c: gup_fast() -> gup_fast_pgd_range() -> ... ->
+    gup_fast_pte_range() for one page.  Returns the pinned page or None."""
+    m = cpu.m
+    sw_read = m.sw_read
+    local_irq_save(cpu)
+    yield f"{WHO}:irq_off"
+    f, gen = mm.pgd, mm.pgd_gen
+    for level, name in ((4, "pgd"), (3, "pud")):
+        val = sw_read(cpu, f, gen, index(level, addr), WHO)
+        if not is_table_entry(val):
+            local_irq_restore(cpu)
+            return None
+        child = child_of(cpu, val)
+        if child is None:
+            local_irq_restore(cpu)
+            return None
+        f, gen = child
+        yield f"{WHO}:{name}_read"
+    pmdp = Ptr(f, gen, index(2, addr))
+    pmd = sw_read(cpu, f, gen, pmdp.idx, WHO)
+    child = child_of(cpu, pmd) if is_table_entry(pmd) else None
+    if child is None:
+        local_irq_restore(cpu)
+        return None
+    table, tgen = child  # the table as it was when the PMD was read
+    m.h.emit(cpu.id, "walker_map", who=WHO, pfn=table.pfn, gen=tgen, addr=addr)
+    yield f"{WHO}:pmd_read"
+    # gup_fast_pte_range(): ptem = pte_offset_map(&pmd, addr) maps from the copy
+    rcu_read_lock(cpu)
+    idx = index(1, addr)
+    pte = sw_read(cpu, table, tgen, idx, WHO)
+    page = m.frames.get(entry_pfn(pte)) if entry_present(pte) else None
+    if page is None or (write and not entry_writable(pte)):
+        pte_unmap(cpu)
+        local_irq_restore(cpu)
+        return None
+    yield f"{WHO}:pte_read"
+    if not try_grab_folio_fast(cpu, page, addr):
+        pte_unmap(cpu)
+        local_irq_restore(cpu)
+        return None
+    yield f"{WHO}:grabbed"
+    if pmd != sw_read(cpu, f, gen, pmdp.idx, WHO) or pte != sw_read(cpu, table, tgen, idx, WHO):
+        gup_put_folio(cpu, page, addr)
+        pte_unmap(cpu)
+        local_irq_restore(cpu)
+        return None
+    pte_unmap(cpu)
+    m.h.emit(cpu.id, "walker_unmap", who=WHO, pfn=table.pfn)
+    local_irq_restore(cpu)
+    return page
+
+
+def get_user_page(cpu: Cpu, mm: Mm, addr: int, who: str) -> Step:
+    """mm/gup.c: __get_user_pages() for one page (FOLL_GET), the slow path:
+    under the mmap lock, follow_page_pte() under the PTL, faulting the page in
+    if needed.  Returns the page with a reference, or None."""
+    from .memory import handle_mm_fault
+    m = cpu.m
+    yield from down_read(cpu, mm.mmap_lock)
+    try:
+        if mm.find_vma(addr) is None:
+            return None
+        for _ in range(3):
+            pmdp = walk_to_pmd(cpu, mm, addr, who)
+            if pmdp is not None:
+                res = yield from __pte_offset_map_lock(cpu, pmdp, addr, who)
+                if res is not None:
+                    pte, ptl = res
+                    val = m.sw_read(cpu, pte.table, pte.gen, index(1, addr), who)
+                    page = m.frames.get(entry_pfn(val)) if entry_present(val) else None
+                    if page is not None and page.state == DATA:
+                        page.refcount += 1
+                        pte_unmap_unlock(cpu, ptl)
+                        return page
+                    pte_unmap_unlock(cpu, ptl)
+            yield from handle_mm_fault(cpu, mm, addr, True)
+        return None
+    finally:
+        up_read(cpu, mm.mmap_lock)
+
+
+def gup_fast_op(cpu: Cpu, op) -> Step:
+    """The ``gup_fast`` operation: pin_user_pages_fast() of one page, hold
+    the pin across a preemption point (the I/O), unpin_user_page()."""
+    m = cpu.m
+    mm = cpu.current_mm
+    if mm is None:
+        return "skipped: kernel thread"
+    page = yield from m.S.gup_fast(cpu, mm, op.addr, op.write)
+    if page is None:
+        return "fallback to slow GUP"
+    m.h.emit(cpu.id, "gup_return", addr=op.addr, pfn=page.pfn, gen=page.gen)
+    yield "gup_fast:pinned"
+    m.h.emit(cpu.id, "gup_unpin", addr=op.addr, pfn=page.pfn, gen=page.gen)
+    m.frames.put_page(cpu.id, page, "unpin_user_page")
+    return f"pinned pfn {page.pfn:#x}"

@@ -1,0 +1,302 @@
+"""The simulated SMP machine: boots a program, runs its CPUs as generators
+under a scheduler that asks every decision of a :class:`Choices`, and returns
+the history.
+
+Phases: boot (address spaces, VMAs, initial tasks), ``setup`` (the program's
+sequential part, run with the default policy and drained to quiescence), the
+concurrent part (the schedule), and quiescence (every CPU done, every IPI
+taken, every RCU callback run, the platform's work in flight finished), after
+which a ``final`` event records the state the accounting and divergence checks
+read.
+
+Agents: CPUs ``0..n-1`` and the RCU agent (``RCU`` = -1).  A CPU is runnable
+if it can make progress (not blocked) or if it has an IPI pending and IRQs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import fault, gup, mmap, mmu_notifier, pgtable_generic, sched_core
+from .choices import RCU, Choices, Replay
+from .cpu import Cpu, Mm, Step, Vma
+from .history import HW, History
+from .page_alloc import DATA, FREE, TABLE, Frame, Frames
+from .pgtable import LEVEL_SHIFT, PAGE_SHIFT, entry_pfn, entry_present, garbage_entry, is_table_entry
+from .pgtable_generic import Ptr
+from .plugin import Ops
+from .program import Op, Program
+from .rcu import Rcu
+from .smp import deliver_ipi
+from .tlbflush import switch_mm_irqs_off
+
+OpFn = Callable[[Cpu, Op], Step]
+
+#: operation kind -> implementation (see program.OP_KINDS for the docs)
+OPS: dict[str, OpFn] = {
+    "mmap": mmap.do_mmap,
+    "munmap": mmap.do_munmap,
+    "madvise": mmap.madvise_dontneed,
+    "access": fault.access,
+    "populate": fault.populate,
+    "gup_fast": gup.gup_fast_op,
+    "pte_walk": pgtable_generic.pte_walk,
+    "switch": sched_core.switch_op,
+    "exit": sched_core.exit_op,
+    "spec_walk": fault.spec_walk,
+    "kvm_fault": mmu_notifier.kvm_fault,
+    "kvm_access": mmu_notifier.kvm_access,
+    "iommu_access": mmu_notifier.iommu_access,
+}
+
+DEFAULT_MAX_STEPS = 20_000
+
+
+class Machine:
+    def __init__(self, program: Program, strategy: Ops, platform: Ops,
+                 choices: Choices | None = None, max_steps: int = DEFAULT_MAX_STEPS) -> None:
+        self.program = program
+        self.S = strategy
+        self.P = platform
+        self.env = program.env
+        self.h = History(strategy.name, platform.name)
+        self.frames = Frames(self.h)
+        self.ncpus = program.cpus
+        self.cpus = [Cpu(i, self) for i in range(program.cpus)]
+        self.rcu = Rcu(self)
+        self.rcu_cpu = Cpu(RCU, self)
+        self.init_mm = Mm(-1, None)
+        self.mms: list[Mm] = []
+        self.csd_seq = 0
+        self.flush_seq = 0
+        self.choices = choices if choices is not None else Replay(program.schedule)
+        self.max_steps = max_steps
+        self.steps = 0
+        self.pv: dict[str, Any] = {}
+        self.outcome = "running"
+
+    # -- memory accesses that the oracle checks ------------------------------
+
+    def sw_read(self, cpu: Cpu, f: Frame, gen: int, idx: int, who: str) -> int:
+        """A software load of entry ``idx`` from table ``f`` by a walker that
+        believes the frame has generation ``gen``."""
+        st = f.state
+        if st == TABLE or st == FREE:
+            val = f.entries.get(idx, 0)
+        elif st == DATA:
+            val = garbage_entry(f.pfn, f.gen, idx)
+        else:
+            val = 0
+        self.h.emit(cpu.id, "sw_read", pfn=f.pfn, gen=gen, idx=idx, val=val, who=who)
+        return val
+
+    def sw_touch(self, cpu: Cpu, f: Frame, gen: int, what: str) -> None:
+        """A software access to a table page other than an entry load (its
+        split PTL, a full rescan)."""
+        self.h.emit(cpu.id, "sw_touch", pfn=f.pfn, gen=gen, what=what)
+
+    def sw_write(self, cpu: Cpu, f: Frame, gen: int, idx: int, val: int, why: str) -> None:
+        """A store to entry ``idx`` of table ``f`` (believed generation ``gen``)."""
+        old = f.entries.get(idx, 0) if f.state in (TABLE, FREE) else 0
+        self.h.emit(cpu.id, "entry_write", pfn=f.pfn, gen=gen, idx=idx, old=old, new=val, why=why)
+        if f.state in (TABLE, FREE):
+            if val:
+                f.entries[idx] = val
+            else:
+                f.entries.pop(idx, None)
+
+    def set_pxd(self, cpu: Cpu, ptr: Ptr, val: int, why: str) -> None:
+        """set_pmd()/set_pud()/set_p4d() (pmd_clear(), pmd_populate(), ...):
+        through the platform, which may queue it (Xen lazy MMU mode)."""
+        hook = self.P.set_pxd
+        if hook is not None:
+            hook(cpu, ptr, val, why)
+        else:
+            self.sw_write(cpu, ptr.frame, ptr.gen, ptr.idx, val, why)
+
+    # -- boot ------------------------------------------------------------------
+
+    def boot(self) -> None:
+        p = self.program
+        h = self.h
+        h.emit(HW, "boot", cpus=p.cpus, mms=p.mms, platform=self.P.name, strategy=self.S.name,
+               pt_reclaim=p.env.pt_reclaim, kvm=p.env.kvm, iommu=p.env.iommu)
+        if self.P.init is not None:
+            self.P.init(self)
+        boot_cpu = self.cpus[0]
+        for i in range(p.mms):
+            pgd = self.frames.alloc(HW, TABLE, level=4, mm=i, va=0)
+            mm = Mm(i, pgd)
+            if p.env.kvm:
+                mm.kvm = mmu_notifier.Kvm(i)
+            if p.env.iommu:
+                mm.iommu = mmu_notifier.Iommu()
+            self.mms.append(mm)
+            if self.P.enter_mmap is not None:
+                self.P.enter_mmap(boot_cpu, mm)
+        for mm_id, start, length in p.vmas:
+            mm = self.mms[mm_id]
+            mm.vmas.append(Vma(start, start + length))
+            mm.vmas.sort(key=lambda v: v.start)
+            h.emit(HW, "vma_add", mm=mm_id, start=start, end=start + length)
+        for c in self.cpus:
+            c.loaded_mm = self.init_mm
+            c.active_mm = self.init_mm
+            start = p.start_of(c.id)
+            if start is not None:
+                mm = self.mms[start]
+                switch_mm_irqs_off(c, mm, why="boot")
+                c.current_mm = mm
+                c.active_mm = mm
+                h.emit(c.id, "context_switch", to=mm.id)
+
+    # -- running -----------------------------------------------------------------
+
+    def _cpu_main(self, cpu: Cpu, ops: list[tuple[int, Op]]) -> Step:
+        h = self.h
+        for i, op in ops:
+            cpu.op_index = i
+            if op.kind not in ("switch", "exit"):
+                cpu.op_mm = cpu.current_mm
+            h.emit(cpu.id, "op_begin", op=i, name=op.kind, desc=op.describe())
+            res = yield from OPS[op.kind](cpu, op)
+            cpu.op_mm = None
+            h.emit(cpu.id, "op_end", op=i, name=op.kind, result=res)
+            yield "op_end"
+
+    def _runnable(self) -> list[int]:
+        r = []
+        for c in self.cpus:
+            if c.ipi and not c.irq_off:
+                r.append(c.id)
+            elif c.gen is not None and (c.wait is None or c.wait()):
+                r.append(c.id)
+        if self.rcu.runnable():
+            r.append(RCU)
+        return r
+
+    def _step(self, agent: int, choices: Choices) -> None:
+        if agent == RCU:
+            self.rcu.step()
+            return
+        c = self.cpus[agent]
+        if self.P.on_step is not None:
+            self.P.on_step(c)
+        if c.ipi and not c.irq_off:
+            can_run = c.gen is not None and (c.wait is None or c.wait())
+            if not can_run or not choices.flip("irq.defer"):
+                deliver_ipi(c)
+                return
+        try:
+            c.label = next(c.gen)  # type: ignore[arg-type]
+        except StopIteration:
+            c.gen = None
+            c.done = True
+            c.label = "done"
+
+    def _run_phase(self, choices: Choices, phase: str) -> bool:
+        """Run until no agent can move.  False if the run must stop (deadlock
+        or step limit), which is recorded in the history."""
+        choices.last_label = lambda a: self.cpus[a].label if a >= 0 else None
+        last: int | None = None
+        while True:
+            runnable = self._runnable()
+            if not runnable:
+                stuck = [c for c in self.cpus if c.gen is not None]
+                if stuck:
+                    self.h.emit(HW, "deadlock", phase=phase,
+                                cpus=tuple((c.id, c.label) for c in stuck))
+                    self.outcome = "deadlock"
+                    return False
+                if self.P.pending is not None and self.P.pending(self):
+                    self.P.quiesce(self)
+                    continue
+                return True
+            agent = choices.pick(runnable, last)
+            self._step(agent, choices)
+            last = agent
+            self.steps += 1
+            if self.steps > self.max_steps:
+                self.h.emit(HW, "step_limit", phase=phase, steps=self.steps,
+                            cpus=tuple((c.id, c.label) for c in self.cpus if c.gen is not None))
+                self.outcome = "step_limit"
+                return False
+
+    def run(self) -> History:
+        """Boot, run setup and the concurrent part, quiesce, snapshot."""
+        h = self.h
+        self.boot()
+        setup_choices = Replay()
+        for i, op in enumerate(self.program.setup):
+            c = self.cpus[op.cpu]
+            c.gen = self._cpu_main(c, [(-1 - i, op)])
+            if not self._run_phase(setup_choices, "setup"):
+                return self._finish()
+        h.emit(HW, "phase", name="concurrent")
+        for c in self.cpus:
+            ops = [(i, op) for i, op in enumerate(self.program.ops) if op.cpu == c.id]
+            c.gen = self._cpu_main(c, ops) if ops else None
+            c.done = not ops
+        if self._run_phase(self.choices, "concurrent"):
+            if self.P.quiesce is not None:
+                self.P.quiesce(self)
+            self.outcome = "quiescent"
+        return self._finish()
+
+    def _finish(self) -> History:
+        h = self.h
+        h.meta["outcome"] = self.outcome
+        h.meta["steps"] = self.steps
+        h.meta["schedule"] = self.choices.recorded()
+        if self.outcome == "quiescent":
+            h.emit(HW, "final", **self.snapshot())
+        return h
+
+    # -- the quiescent state ---------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        frames = self.frames
+        mms = []
+        for mm in self.mms:
+            mapping: dict[int, tuple[int, int]] = {}
+            tables: list[tuple[int, int, int]] = []
+            if not mm.freed:
+                self._collect(mm.pgd, 4, 0, mapping, tables)
+            mms.append({
+                "id": mm.id, "exited": mm.exited, "freed": mm.freed, "rss": mm.rss,
+                "nr_ptes": mm.nr_ptes, "nr_pmds": mm.nr_pmds, "nr_puds": mm.nr_puds,
+                "vmas": tuple((v.start, v.end) for v in mm.vmas),
+                "mapping": tuple(sorted(mapping.items())), "tables": tuple(sorted(tables)),
+                "pinned": bool(mm.pv.get("pinned")),
+                "sptes": tuple(sorted(mm.kvm.sptes.items())) if mm.kvm else (),
+            })
+        live = tuple(
+            (f.pfn, f.gen, f.state, f.level, f.refcount, f.mapcount, f.pinned, f.xen_pinned, f.ro)
+            for f in frames.frames[1:] if f.state != FREE
+        )
+        return {"mms": tuple(mms), "frames": live,
+                "rcu_pending": len(self.rcu.waiting) + len(self.rcu.ready)}
+
+    def _collect(self, f: Frame, level: int, base: int, mapping: dict, tables: list) -> None:
+        tables.append((f.pfn, f.gen, level))
+        shift = LEVEL_SHIFT[level]
+        for idx, val in sorted(f.entries.items()):
+            if not entry_present(val):
+                continue
+            va = base | (idx << shift)
+            child = self.frames.get(entry_pfn(val))
+            if child is None:
+                continue
+            if level == 1:
+                mapping[va] = (child.pfn, child.gen)
+            elif is_table_entry(val) and child.state == TABLE:
+                self._collect(child, level - 1, va, mapping, tables)
+
+
+def run_once(program: Program, strategy: Ops, platform: Ops, choices: Choices | None = None,
+             max_steps: int = DEFAULT_MAX_STEPS) -> History:
+    return Machine(program, strategy, platform, choices, max_steps).run()
+
+
+__all__ = ["Machine", "OPS", "run_once", "PAGE_SHIFT"]

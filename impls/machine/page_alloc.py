@@ -1,0 +1,138 @@
+"""mm/page_alloc.c: physical frames with allocation generations.
+
+Every allocation of a frame starts a new *generation* of it; a pointer taken by
+a walker remembers ``(pfn, gen)``, so any later access can tell "same object"
+from "reused frame".  The allocator hands out the most recently freed frame
+first (like the per-CPU page lists), which makes a use-after-free visible as
+soon as anything allocates again.
+
+A frame is ``FREE``, a page-table page (``TABLE``, with its level), a user
+``DATA`` page (with refcount and mapcount), or ``OTHER``.  Table contents are a
+sparse dict index -> entry value; the content of a freed table stays in the
+frame until it is reallocated (no ``init_on_free``), which is what a stale
+walker reads.  Xen PV state (``PG_pinned``, the hypervisor's pin/type count and
+the read-only direct-map alias) lives here too; only the xen-pv platform
+changes it.
+"""
+
+from __future__ import annotations
+
+from .history import History
+
+FREE, TABLE, DATA, OTHER = 0, 1, 2, 3
+STATE_NAMES = {FREE: "free", TABLE: "table", DATA: "data", OTHER: "other"}
+LEVEL_NAMES = {1: "pte", 2: "pmd", 3: "pud", 4: "pgd"}
+
+
+class SpinLock:
+    """A spinlock; ``owner`` is a CPU id or None."""
+
+    __slots__ = ("name", "owner", "frame", "gen")
+
+    def __init__(self, name: str, frame: Frame | None = None, gen: int = 0) -> None:
+        self.name = name
+        self.owner: int | None = None
+        self.frame = frame  # the ptdesc the lock lives in (split PTLs), if any
+        self.gen = gen
+
+
+class Frame:
+    __slots__ = (
+        "pfn", "gen", "state", "level", "mm", "entries", "refcount", "mapcount",
+        "ptl", "data", "pinned", "xen_pinned", "ro", "owner_va",
+    )
+
+    def __init__(self, pfn: int) -> None:
+        self.pfn = pfn
+        self.gen = 0
+        self.state = FREE
+        self.level = 0
+        self.mm = -1
+        self.entries: dict[int, int] = {}
+        self.refcount = 0
+        self.mapcount = 0
+        self.ptl: SpinLock | None = None
+        self.data = 0
+        self.pinned = False      # Linux's PG_pinned (Xen PV)
+        self.xen_pinned = False  # Xen's pin/type reference on the page
+        self.ro = False          # direct-map alias read-only (Xen PV tables)
+        self.owner_va = 0        # base VA this table translates (for reports)
+
+    def describe(self) -> str:
+        if self.state == TABLE:
+            return f"{LEVEL_NAMES[self.level]} table pfn {self.pfn:#x} gen {self.gen}"
+        return f"{STATE_NAMES[self.state]} page pfn {self.pfn:#x} gen {self.gen}"
+
+
+class Frames:
+    """The physical page allocator."""
+
+    __slots__ = ("frames", "free_list", "h")
+
+    def __init__(self, history: History) -> None:
+        # pfn 0 is never handed out, so an entry value of 0 always means "none"
+        self.frames: list[Frame] = [Frame(0)]
+        self.frames[0].state = OTHER
+        self.free_list: list[int] = []
+        self.h = history
+
+    def __getitem__(self, pfn: int) -> Frame:
+        return self.frames[pfn]
+
+    def get(self, pfn: int) -> Frame | None:
+        if 0 <= pfn < len(self.frames):
+            return self.frames[pfn]
+        return None
+
+    def alloc(self, cpu: int, state: int, level: int = 0, mm: int = -1, va: int = 0) -> Frame:
+        """alloc_pages(): a zeroed frame (__GFP_ZERO for tables, user pages are
+        cleared too); refcount 1."""
+        if self.free_list:
+            f = self.frames[self.free_list.pop()]
+        else:
+            f = Frame(len(self.frames))
+            self.frames.append(f)
+        f.gen += 1
+        f.state = state
+        f.level = level
+        f.mm = mm
+        f.entries = {}
+        f.refcount = 1
+        f.mapcount = 0
+        f.data = 0
+        f.owner_va = va
+        f.ptl = SpinLock("ptl", f, f.gen) if state == TABLE else None
+        self.h.emit(cpu, "alloc", pfn=f.pfn, gen=f.gen, state=state, level=level, mm=mm, va=va)
+        return f
+
+    def free(self, cpu: int, f: Frame, via: str) -> None:
+        """__free_pages(): the frame's generation ends here.  Freeing a free
+        frame is recorded (the oracle reports it) and otherwise ignored."""
+        if f.state == FREE:
+            self.h.emit(cpu, "double_free", pfn=f.pfn, gen=f.gen, via=via)
+            return
+        self.h.emit(cpu, "free", pfn=f.pfn, gen=f.gen, state=f.state, level=f.level,
+                    via=via, pinned=f.pinned, xen_pinned=f.xen_pinned, ro=f.ro,
+                    live=sum(1 for v in f.entries.values() if v) if f.state == TABLE else 0)
+        f.state = FREE
+        f.refcount = 0
+        f.mapcount = 0
+        f.ptl = None
+        self.free_list.append(f.pfn)
+
+    def put_page(self, cpu: int, f: Frame, via: str) -> None:
+        """put_page(): drop a reference, free at zero."""
+        if f.state == FREE:
+            self.h.emit(cpu, "put_free_page", pfn=f.pfn, gen=f.gen, via=via)
+            return
+        f.refcount -= 1
+        if f.refcount <= 0:
+            self.free(cpu, f, via)
+
+    def get_page_unless_zero(self, f: Frame) -> bool:
+        """folio_try_get(): the speculative reference of GUP-fast; fails on a
+        frame whose refcount is zero (free)."""
+        if f.refcount <= 0 or f.state == FREE:
+            return False
+        f.refcount += 1
+        return True

@@ -1,0 +1,103 @@
+"""Loading strategies and platforms: a module (built-in or one user file)
+becomes a table of function pointers, the way ``struct pv_mmu_ops`` is one.
+
+Hooks the machine calls with ``yield from`` must be generator functions; a
+user may write a plain function for a hook that never blocks, and the loader
+wraps it.  A missing required hook, an unknown public hook-like name, or a
+hook that is not callable is a :class:`PluginError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+
+class PluginError(Exception):
+    """A strategy or platform file that does not implement its protocol."""
+
+
+class Hook:
+    __slots__ = ("name", "required", "generator", "default", "doc")
+
+    def __init__(self, name: str, required: bool, generator: bool, default: Any, doc: str) -> None:
+        self.name = name
+        self.required = required
+        self.generator = generator
+        self.default = default
+        self.doc = doc
+
+
+class Ops:
+    """A filled-in function table.  Attributes are the hook names (kernel
+    names, ``__tlb_remove_page_size`` included), plus ``name``, ``doc``,
+    ``source`` and protocol-specific metadata."""
+
+    def __init__(self, kind: str, name: str, doc: str, source: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.doc = doc
+        self.source = source
+        self.meta: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name} from {self.source}>"
+
+
+def as_generator(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(fn):
+        return fn
+
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)
+        yield  # pragma: no cover  (makes this a generator function)
+
+    wrapper.__name__ = getattr(fn, "__name__", "hook")
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+    return wrapper
+
+
+def build_ops(kind: str, module: ModuleType, hooks: list[Hook], source: str) -> Ops:
+    name = getattr(module, "NAME", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"{source}: a {kind} must define NAME = \"...\" (a non-empty string)")
+    ops = Ops(kind, name, inspect.getdoc(module) or "", source)
+    for hook in hooks:
+        fn = getattr(module, hook.name, None)
+        if fn is None:
+            if hook.required:
+                raise PluginError(f"{source}: {kind} {name!r} does not define {hook.name}() ({hook.doc})")
+            fn = hook.default
+        elif not callable(fn):
+            raise PluginError(f"{source}: {kind} {name!r}: {hook.name} is not a function")
+        if fn is not None and hook.generator:
+            fn = as_generator(fn)
+        setattr(ops, hook.name, fn)
+    return ops
+
+
+def load_module_file(path: str | Path, kind: str) -> ModuleType:
+    p = Path(path)
+    if not p.is_file():
+        raise PluginError(f"{path}: no such {kind} file")
+    digest = hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]
+    modname = f"_shootdown_{kind}_{p.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(modname, p)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"{path}: cannot load as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise PluginError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # a user file failing at import: report, don't trace
+        raise PluginError(f"{path}: importing the {kind} failed: {type(e).__name__}: {e}") from None
+    return module

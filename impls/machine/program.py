@@ -1,0 +1,105 @@
+"""Programs: the frozen input every driver feeds the machine.
+
+A program is a litmus test: a few CPUs, one or two address spaces, initial
+VMAs, a sequential ``setup`` part, and the concurrent operations, each bound to
+a CPU (a CPU runs its operations in program order).  It may carry an explicit
+:class:`~impls.machine.choices.Schedule`.  The same type is produced by the
+fuzz generators, the YAML corpus reader and the minimiser; there is no second,
+driver-specific input format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .choices import Schedule
+
+#: Operation kinds and the arguments each takes (name -> (args, one-line doc)).
+OP_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "mmap": (("addr", "len"), "create an anonymous VMA [addr, addr+len) (MAP_FIXED_NOREPLACE)"),
+    "munmap": (("addr", "len"), "munmap(): zap, free_pgtables() through the strategy, final flush"),
+    "madvise": (("addr", "len"), "madvise(MADV_DONTNEED): zap; with PT_RECLAIM also frees empty PTE tables"),
+    "access": (("addr", "write"), "a user load/store through the TLB; faults the page in if needed"),
+    "populate": (("addr", "len"), "fault in every page of the range (MAP_POPULATE-like)"),
+    "gup_fast": (("addr", "write"), "get_user_pages_fast() of one page (FOLL_PIN), then unpin it"),
+    "pte_walk": (("addr",), "a pte_offset_map() walker under rcu_read_lock(), IRQs on"),
+    "switch": (("mm",), "context switch to a thread of mm N, or to a kernel thread (mm: null, lazy TLB)"),
+    "exit": ((), "the current process exits (exit_group): its last thread runs exit_mmap()"),
+    "spec_walk": (("addr",), "a speculative hardware page walk by this CPU (fills TLB/PSC)"),
+    "kvm_fault": (("addr",), "KVM maps guest page addr (secondary MMU fed by mmu notifiers)"),
+    "kvm_access": (("addr",), "a guest access through KVM's secondary page tables"),
+    "iommu_access": (("addr",), "a device DMA through the IOMMU (SVA): IOTLB + PSC, hardware walk"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    cpu: int
+    kind: str
+    addr: int = 0
+    len: int = 0
+    write: bool = False
+    mm: int | None = None
+
+    def describe(self) -> str:
+        args = OP_KINDS[self.kind][0]
+        parts = []
+        for a in args:
+            v = getattr(self, a)
+            if a in ("addr", "len"):
+                parts.append(f"{a}={v:#x}")
+            elif a == "write":
+                if v:
+                    parts.append("write")
+            elif a == "mm":
+                parts.append("kthread" if v is None else f"mm{v}")
+        return f"{self.kind}({', '.join(parts)})"
+
+
+PT_RECLAIM_MODES = ("off", "on", "v6.14-rc1")
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """Kernel configuration and attached devices the program runs with.
+
+    ``pt_reclaim``: ``off``; ``on`` (CONFIG_PT_RECLAIM: MADV_DONTNEED frees
+    empty PTE tables, as fixed in Feb 2025); ``v6.14-rc1`` (the original fast
+    path of 6375e95f381e, before "mm: pgtable: fix incorrect reclaim of
+    non-empty PTE pages").
+    ``kvm`` / ``iommu``: a KVM VM / an SVA-bound device is attached to every mm.
+    ``skip_mmu_notifiers``: fault injection, zap paths skip the mmu notifiers
+    (the class of bug fixed by fd1102f0aade "mm: mmu_notifier fix for
+    tlb_end_vma").
+    """
+
+    pt_reclaim: str = "off"
+    kvm: bool = False
+    iommu: bool = False
+    skip_mmu_notifiers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    cpus: int = 2
+    mms: int = 1
+    platform: str = "native"
+    #: initial task per CPU: an mm index, or None for a kernel thread
+    start: tuple[int | None, ...] = ()
+    #: initial VMAs: (mm, start, len)
+    vmas: tuple[tuple[int, int, int], ...] = ()
+    setup: tuple[Op, ...] = ()
+    ops: tuple[Op, ...] = ()
+    env: Env = field(default_factory=Env)
+    schedule: Schedule | None = None
+
+    def start_of(self, cpu: int) -> int | None:
+        if cpu < len(self.start):
+            return self.start[cpu]
+        return 0
+
+    def with_schedule(self, schedule: Schedule | None) -> Program:
+        return replace(self, schedule=schedule)
+
+    def ops_of(self, cpu: int) -> list[Op]:
+        return [op for op in self.ops if op.cpu == cpu]

@@ -1,0 +1,66 @@
+"""The strategy protocol: how page-table pages are freed.
+
+A strategy is one module: the kernel's mm/mmu_gather.c and the arch
+``___p?d_free_tlb()`` with one configuration's ``#ifdef``s resolved.  The
+machine (generic mm code: zap, free_pgtables, PT_RECLAIM, faults) calls only
+these hooks, always through the strategy:
+
+required
+  ``pte_free_tlb(tlb, pte, addr)``, ``pmd_free_tlb(tlb, pmd, addr)``,
+  ``pud_free_tlb(tlb, pud, addr)``: the asm-generic wrappers plus the arch
+  part: record the flush range, set ``freed_tables``, ``paravirt_release_*()``,
+  and queue the table for freeing.  Called after the parent entry was cleared.
+  ``tlb_flush_mmu(tlb)``: flush the TLB for what was gathered, then free what
+  was queued (in the kernel's order).
+
+optional (the machine's generic version is used when absent)
+  ``tlb_gather_mmu(tlb)``: initialise the strategy's part of the gather.
+  ``__tlb_remove_page_size(tlb, page, page_size) -> bool``: queue a data page;
+  True means "batch full, flush now".
+  ``tlb_flush_mmu_tlbonly(tlb)``, ``tlb_finish_mmu(tlb)``.
+  ``gup_fast(cpu, mm, addr, write) -> page | None``: the lockless walker, for a
+  scheme that changes how GUP-fast protects itself.
+
+Module attributes: ``NAME`` (required), ``SAFE_ON`` (environment names the
+strategy claims to be safe on; ``make fuzz`` holds it to that), ``KERNEL`` (the
+kernel version/config it follows).  Hooks that block (flushes, IPIs,
+``synchronize_rcu()``) are generator functions used with ``yield from``; a plain
+function is accepted where nothing blocks.  See docs/writing-a-strategy.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from . import gup, mmu_gather
+from .plugin import Hook, Ops, PluginError, build_ops, load_module_file
+
+HOOKS = [
+    Hook("pte_free_tlb", True, True, None, "queue a PTE table for freeing after the flush"),
+    Hook("pmd_free_tlb", True, True, None, "queue a PMD table for freeing after the flush"),
+    Hook("pud_free_tlb", True, True, None, "queue a PUD table for freeing after the flush"),
+    Hook("tlb_flush_mmu", True, True, None, "flush the TLB, then free what was queued"),
+    Hook("tlb_gather_mmu", False, False, None, "initialise the strategy's part of the gather"),
+    Hook("__tlb_remove_page_size", False, True, mmu_gather.__tlb_remove_page_size,
+         "queue a data page"),
+    Hook("tlb_flush_mmu_tlbonly", False, True, mmu_gather.tlb_flush_mmu_tlbonly,
+         "flush the TLB for what was gathered"),
+    Hook("tlb_finish_mmu", False, True, mmu_gather.tlb_finish_mmu, "the final flush and free"),
+    Hook("gup_fast", False, True, gup.gup_fast, "the GUP-fast lockless walker"),
+]
+HOOK_NAMES = tuple(h.name for h in HOOKS)
+
+
+def load_strategy_module(module: ModuleType, source: str | None = None) -> Ops:
+    ops = build_ops("strategy", module, HOOKS, source or module.__name__)
+    safe_on = getattr(module, "SAFE_ON", ())
+    if isinstance(safe_on, str) or not all(isinstance(s, str) for s in safe_on):
+        raise PluginError(f"{ops.source}: SAFE_ON must be a tuple of environment names")
+    ops.meta["safe_on"] = tuple(safe_on)
+    ops.meta["kernel"] = str(getattr(module, "KERNEL", ""))
+    return ops
+
+
+def load_strategy_file(path: str | Path) -> Ops:
+    return load_strategy_module(load_module_file(path, "strategy"), str(path))

@@ -1,0 +1,135 @@
+"""The hardware walker: TLB, paging-structure caches (PSC), page walks.
+
+Each CPU (and the IOMMU) has a TLB of leaf translations ``vpn -> (pfn, gen,
+writable)`` and a paging-structure cache of upper-level entries ``(level,
+prefix) -> (table pfn, gen)``: the cached PML4E (prefix = va >> 39) points to a
+PUD table, the cached PDPTE (va >> 30) to a PMD table, the cached PDE
+(va >> 21) to a PTE table.  Entries carry the generation of the frame they
+point to, so a later use of an entry whose frame was freed or reused is
+visible.
+
+A hardware walk (a user access that misses, or a speculative walk, which may
+happen whenever CR3 holds a user mm, lazy-TLB mode included) starts from the
+deepest PSC hit, else from CR3, reads table memory, and fills the PSC and,
+for a present leaf, the TLB.
+
+Invalidation follows INVLPG with AMD's Translation Cache Extension: a
+single-address invalidation drops the leaf entry and the PSC entries on that
+address's translation path; a full flush (CR3 write, INVPCID all, or a range
+above ``tlb_single_page_flush_ceiling``) drops everything.
+
+MODEL: no PCIDs (a CR3 write flushes all non-global entries); no A/D-bit
+updates; Intel's stronger INVLPG (which drops every PSC entry of the PCID)
+is not used, because the weaker TCE behaviour exposes more bugs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .page_alloc import DATA, FREE, TABLE, Frame
+from .pgtable import (
+    LEVEL_SHIFT,
+    PAGE_SHIFT,
+    entry_pfn,
+    entry_present,
+    entry_writable,
+    garbage_entry,
+    index,
+    is_table_entry,
+)
+
+if TYPE_CHECKING:
+    from .cpu import Cpu
+
+#: PSC levels: the level of the table a cached entry points to, and the shift
+#: of the VA prefix it is tagged with (the level above's index shift)
+PSC_LEVELS = ((1, 21), (2, 30), (3, 39))
+
+
+def read_table_memory(f: Frame, idx: int) -> int:
+    """What a load from entry ``idx`` of frame ``f`` returns, whatever the
+    frame is now: a table's entry, the stale content of a freed table (no
+    init_on_free), or user data reinterpreted as an entry."""
+    if f.state == TABLE or f.state == FREE:
+        return f.entries.get(idx, 0)
+    if f.state == DATA:
+        return garbage_entry(f.pfn, f.gen, idx)
+    return 0
+
+
+def hw_walk(cpu: Cpu, agent: int, tlb: dict, psc: dict, root_pfn: int, root_gen: int,
+            va: int, via: str) -> tuple[int, int, bool] | None:
+    """Walk ``va`` starting from the deepest PSC hit, else from the root table.
+
+    Emits ``hw_read`` for every table load (with the generation the walker
+    believes the frame has) and ``psc_fill``/``tlb_fill`` for what it caches.
+    Returns the leaf translation or None.
+    """
+    m = cpu.m
+    frames = m.frames
+    h = m.h
+    # deepest cached upper-level entry first
+    level = 4
+    pfn, gen = root_pfn, root_gen
+    for lvl, shift in PSC_LEVELS:
+        hit = psc.get((lvl, va >> shift))
+        if hit is not None:
+            level = lvl
+            pfn, gen = hit
+            break
+    if pfn == 0:
+        return None  # swapper_pg_dir: no user mappings
+    while True:
+        f = frames.get(pfn)
+        if f is None:
+            return None
+        idx = index(level, va)
+        val = read_table_memory(f, idx)
+        h.emit(agent, "hw_read", pfn=pfn, gen=gen, level=level, idx=idx, val=val, va=va, via=via)
+        if not entry_present(val):
+            return None
+        child = entry_pfn(val)
+        cf = frames.get(child)
+        if cf is None:
+            return None
+        if level == 1:
+            # a 4 KiB leaf
+            rw = entry_writable(val)
+            tlb[va >> PAGE_SHIFT] = (child, cf.gen, rw)
+            h.emit(agent, "tlb_fill", va=va & ~0xFFF, pfn=child, gen=cf.gen, rw=rw, via=via)
+            return (child, cf.gen, rw)
+        if not is_table_entry(val):
+            return None
+        level -= 1
+        psc[(level, va >> LEVEL_SHIFT[level + 1])] = (child, cf.gen)
+        h.emit(agent, "psc_fill", level=level, prefix=va >> LEVEL_SHIFT[level + 1] << LEVEL_SHIFT[level + 1],
+               pfn=child, gen=cf.gen, via=via)
+        pfn, gen = child, cf.gen
+
+
+def invlpg(agent: int, h, tlb: dict, psc: dict, va: int, why: str, emit: bool = True) -> None:
+    """INVLPG (with TCE): the leaf for ``va`` and the PSC entries on its path."""
+    tlb.pop(va >> PAGE_SHIFT, None)
+    for lvl, shift in PSC_LEVELS:
+        psc.pop((lvl, va >> shift), None)
+    if emit:
+        h.emit(agent, "tlb_inv", start=va, end=va + (1 << PAGE_SHIFT), stride=PAGE_SHIFT, psc=True,
+               why=why)
+
+
+def invalidate_range(agent: int, h, tlb: dict, psc: dict, start: int, end: int, stride_shift: int,
+                     why: str) -> None:
+    """flush_tlb_func()'s partial flush: one INVLPG per stride in [start, end)."""
+    addr = start
+    step = 1 << stride_shift
+    while addr < end:
+        invlpg(agent, h, tlb, psc, addr, why, emit=False)
+        addr += step
+    h.emit(agent, "tlb_inv", start=start, end=end, stride=stride_shift, psc=True, why=why)
+
+
+def flush_all(agent: int, h, tlb: dict, psc: dict, why: str) -> None:
+    tlb.clear()
+    psc.clear()
+    h.emit(agent, "tlb_inv_all", why=why)

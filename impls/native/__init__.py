@@ -1,0 +1,1 @@
+"""Strategy ``direct``: native direct free (see mmu_gather.py)."""

@@ -1,0 +1,114 @@
+"""Broadcast TLB invalidation without IPIs: AMD INVLPGB + TLBSYNC
+(arch/x86/mm/tlb.c broadcast_tlb_flush(), v6.15; the same shape as arm64
+TLBI+DSB and Intel RAR).
+
+Every mm has a global ASID (MODEL: ``consider_global_asid()`` always says yes),
+so ``flush_tlb_mm_range()`` issues INVLPGB for the range (leaf-only, with
+``INVLPGB_FINAL_ONLY``, unless ``freed_tables``).  The invalidation reaches the
+other CPUs asynchronously, without interrupting them and whatever their IRQ
+state: a CPU keeps using its old entries until the invalidation lands (the
+``invlpgb.delay`` choice holds it back).  ``__tlbsync()`` at the end of
+``broadcast_tlb_flush()`` waits until every INVLPGB issued by this CPU has
+landed everywhere; only then is the flush complete.
+
+No IPI means no IRQ-off barrier: native direct free is unsafe here (the reason
+for a37259732a7d, "x86/mm: Make MMU_GATHER_RCU_TABLE_FREE unconditional").
+"""
+
+from __future__ import annotations
+
+from impls.machine.cpu import Cpu, Mm, Step
+from impls.machine.tlb import flush_all, invlpg
+from impls.machine.tlbflush import TLB_FLUSH_ALL, FlushTlbInfo
+
+NAME = "broadcast"
+IMPLIES_IPI_BROADCAST = False
+
+
+def init(m) -> None:
+    for c in m.cpus:
+        c.pv["invlpgb"] = []
+
+
+def mm_global_asid(mm: Mm) -> bool:
+    return True
+
+
+def _land(target: Cpu, info: FlushTlbInfo) -> None:
+    """The invalidation takes effect on ``target`` (if it has the ASID loaded:
+    without PCIDs, entries of another mm are not tagged with this ASID)."""
+    h = target.m.h
+    why = f"invlpgb {info.id}"
+    if target.loaded_mm is not info.mm:
+        h.emit(target.id, "invlpgb_land", id=info.id, effect="other asid")
+        return
+    if info.end == TLB_FLUSH_ALL:
+        if info.freed_tables:
+            flush_all(target.id, h, target.tlb, target.psc, why)
+        else:
+            target.tlb.clear()
+            h.emit(target.id, "tlb_inv_leaf_all", why=why)
+        return
+    addr = info.start
+    step = 1 << info.stride_shift
+    while addr < info.end:
+        if info.freed_tables:
+            invlpg(target.id, h, target.tlb, target.psc, addr, why, emit=False)
+        else:  # INVLPGB_FINAL_ONLY: leaf entries only, the PSC survives
+            target.tlb.pop(addr >> 12, None)
+        addr += step
+    h.emit(target.id, "tlb_inv", start=info.start, end=info.end, stride=info.stride_shift,
+           psc=info.freed_tables, why=why)
+
+
+def invlpgb_flush_nosync(cpu: Cpu, info: FlushTlbInfo) -> None:
+    """invlpgb_flush_user_nr_nosync() / invlpgb_flush_single_pcid_nosync()."""
+    m = cpu.m
+    for c in m.cpus:
+        c.pv["invlpgb"].append(info)
+    m.h.emit(cpu.id, "invlpgb", id=info.id, start=info.start, end=info.end,
+             final_only=not info.freed_tables)
+
+
+def tlbsync(cpu: Cpu) -> None:
+    """__tlbsync(): wait until this CPU's INVLPGBs have landed everywhere."""
+    m = cpu.m
+    for c in m.cpus:
+        mine = [i for i in c.pv["invlpgb"] if i.initiating_cpu == cpu.id]
+        if mine:
+            c.pv["invlpgb"] = [i for i in c.pv["invlpgb"] if i.initiating_cpu != cpu.id]
+            for info in mine:
+                _land(c, info)
+    m.h.emit(cpu.id, "tlbsync")
+
+
+def broadcast_tlb_flush(cpu: Cpu, info: FlushTlbInfo) -> Step:
+    """arch/x86/mm/tlb.c: broadcast_tlb_flush()."""
+    invlpgb_flush_nosync(cpu, info)
+    yield "broadcast_tlb_flush:invlpgb_issued"
+    tlbsync(cpu)
+
+
+def flush_tlb_multi(cpu: Cpu, cpumask: int, info: FlushTlbInfo) -> Step:
+    """Not used while every mm has a global ASID; kept for the protocol."""
+    yield from broadcast_tlb_flush(cpu, info)
+
+
+def on_step(cpu: Cpu) -> None:
+    """Invalidations in flight reach this CPU unless held back."""
+    pending = cpu.pv["invlpgb"]
+    if pending and not cpu.m.choices.flip("invlpgb.delay"):
+        cpu.pv["invlpgb"] = []
+        for info in pending:
+            _land(cpu, info)
+
+
+def pending(m) -> bool:
+    return any(c.pv["invlpgb"] for c in m.cpus)
+
+
+def quiesce(m) -> None:
+    for c in m.cpus:
+        pending_list, c.pv["invlpgb"] = c.pv["invlpgb"], []
+        for info in pending_list:
+            _land(c, info)

@@ -1,0 +1,101 @@
+"""accounting (I11), plus kernel-bug and liveness.
+
+During the run: a double free, a put on a free page, a table freed while it
+still mapped pages (worked example B).  At quiescence (the ``final`` event):
+every table frame is part of a live tree (an unhooked table that was never
+freed leaks), data pages' reference counts equal their mappings, RSS and
+nr_ptes/nr_pmds/nr_puds match the trees, no RCU callback is pending, and the
+page tables the oracle rebuilt from the history agree with the machine's.
+"""
+
+from __future__ import annotations
+
+from impls.machine.history import Event
+from impls.machine.page_alloc import DATA, TABLE
+
+from .base import Check, Handler
+from .shadow import Shadow
+
+
+class AccountingCheck(Check):
+    def handlers(self) -> dict[str, Handler]:
+        return {"double_free": self.double_free, "put_free_page": self.double_free,
+                "free": self.free}
+
+    def double_free(self, ev: Event, sh: Shadow) -> None:
+        self.report("accounting", ("double", ev.a["pfn"], ev.a["gen"]),
+                    f"pfn {ev.a['pfn']:#x} freed (or put) again after it was freed ({ev.a['via']})",
+                    [sh.frees.get((ev.a["pfn"], ev.a["gen"])), ev], pfn=ev.a["pfn"])
+
+    def free(self, ev: Event, sh: Shadow) -> None:
+        a = ev.a
+        if a["state"] == TABLE and a["live"]:
+            self.report("accounting", ("live", a["pfn"], a["gen"]),
+                        f"table pfn {a['pfn']:#x} freed while it still held {a['live']} present "
+                        "entries: what they map is leaked and unreachable",
+                        [sh.unhooks.get((a["pfn"], a["gen"])), ev], pfn=a["pfn"])
+
+    def finish(self, sh: Shadow, final: Event | None) -> None:
+        if final is None:
+            return
+        f = final.a
+        in_tree: set[tuple[int, int]] = set()
+        mapped: dict[tuple[int, int], int] = {}
+        for mm in f["mms"]:
+            if mm["freed"]:
+                continue
+            tabs = mm["tables"]
+            in_tree.update((p, g) for p, g, _ in tabs)
+            counts = {1: 0, 2: 0, 3: 0}
+            for _, _, lvl in tabs:
+                if lvl in counts:
+                    counts[lvl] += 1
+            name = f"mm{mm['id']}"
+            for lvl, field in ((1, "nr_ptes"), (2, "nr_pmds"), (3, "nr_puds")):
+                if mm[field] != counts[lvl]:
+                    self.report("accounting", (name, field),
+                                f"{name}: {field} = {mm[field]} but its tree has {counts[lvl]} "
+                                "such tables", [final])
+            if mm["rss"] != len(mm["mapping"]):
+                self.report("accounting", (name, "rss"),
+                            f"{name}: RSS = {mm['rss']} but {len(mm['mapping'])} pages are mapped",
+                            [final])
+            for va, (pfn, gen) in mm["mapping"]:
+                mapped[(pfn, gen)] = mapped.get((pfn, gen), 0) + 1
+                if sh.translate(mm["id"], va) != (pfn, gen):
+                    self.report("accounting", ("shadow", mm["id"], va),
+                                f"{name} va {va:#x}: the page tables rebuilt from the history "
+                                f"disagree with the machine's (pfn {pfn:#x}): a simulator bug",
+                                [final])
+        for pfn, gen, state, level, ref, mapcount, *_ in f["frames"]:
+            if state == TABLE and (pfn, gen) not in in_tree:
+                self.report("accounting", ("leak", pfn, gen),
+                            f"{'pgd' if level == 4 else 'table'} pfn {pfn:#x} is neither in a live "
+                            "page-table tree nor freed: leaked",
+                            [sh.last_alloc.get(pfn), sh.unhooks.get((pfn, gen)), final], pfn=pfn)
+            elif state == DATA:
+                n = mapped.get((pfn, gen), 0)
+                if mapcount != n or ref != n:
+                    self.report("accounting", ("page", pfn, gen),
+                                f"page pfn {pfn:#x}: refcount {ref}, mapcount {mapcount}, but "
+                                f"mapped {n} time(s)" + (": leaked" if n == 0 else ""),
+                                [sh.last_alloc.get(pfn), sh.pte_clears.get((pfn, gen)), final],
+                                pfn=pfn)
+        if f["rcu_pending"]:
+            self.report("accounting", "rcu", f"{f['rcu_pending']} RCU callbacks never ran", [final])
+
+
+class KernelBugCheck(Check):
+    def handlers(self) -> dict[str, Handler]:
+        return {"bug": self.bug, "xen_pin_op_on_stale_frame": self.bug,
+                "deadlock": self.liveness, "step_limit": self.liveness}
+
+    def bug(self, ev: Event, sh: Shadow) -> None:
+        what = ev.a.get("what") or f"hypercall on stale frame pfn {ev.a.get('pfn', 0):#x}"
+        self.report("kernel-bug", what, what, [sh.last_op.get(ev.cpu), ev])
+
+    def liveness(self, ev: Event, sh: Shadow) -> None:
+        where = ", ".join(f"CPU{c} at {label}" for c, label in ev.a["cpus"])
+        self.report("liveness", ev.kind,
+                    f"{'deadlock' if ev.kind == 'deadlock' else 'step limit'} in the "
+                    f"{ev.a['phase']} phase: {where}", [ev])

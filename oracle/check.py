@@ -1,0 +1,50 @@
+"""Judging one history: one pass over the events, every check seeing each
+event against the shadow state before it is applied."""
+
+from __future__ import annotations
+
+from impls.machine.history import History
+
+from .accounting import AccountingCheck, KernelBugCheck
+from .base import Check, Handler
+from .behaviours import Behaviours
+from .ordering import OrderingCheck
+from .pins import GupPinCheck, XenPinCheck
+from .shadow import Shadow
+from .stale import StaleCheck
+from .table_uaf import TableUafCheck
+from .verdict import Verdict
+
+CHECK_CLASSES: tuple[type[Check], ...] = (
+    StaleCheck, TableUafCheck, GupPinCheck, XenPinCheck, OrderingCheck, AccountingCheck,
+    KernelBugCheck,
+)
+
+
+def check_history(history: History) -> Verdict:
+    strategy = history.strategy
+    sh = Shadow()
+    checks = [cls(strategy) for cls in CHECK_CLASSES]
+    dispatch: dict[str, list[Handler]] = {}
+    for c in checks:
+        for kind, fn in c.handlers().items():
+            dispatch.setdefault(kind, []).append(fn)
+    beh = Behaviours()
+    final = None
+    apply = sh.apply
+    see = beh.see
+    for ev in history.events:
+        hs = dispatch.get(ev.kind)
+        if hs is not None:
+            for fn in hs:
+                fn(ev, sh)
+        see(ev, sh)
+        apply(ev)
+        if ev.kind == "final":
+            final = ev
+    for c in checks:
+        c.finish(sh, final)
+    violations = [v for c in checks for v in c.violations]
+    violations.sort(key=lambda v: (v.witness[-1].seq if v.witness else 0, v.check))
+    return Verdict(strategy, history.platform, history.meta.get("outcome", "?"), violations,
+                   dict(sorted(beh.counts.items())))

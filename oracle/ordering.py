@@ -1,0 +1,131 @@
+"""ordering (I4, I5): unhook < invalidation completed on every CPU that
+could cache it < free, whether or not any stale entry happened to exist.
+
+When an entry pointing to a table is cleared, every CPU whose hardware CR3
+holds that mm (lazy-TLB CPUs included: they walk speculatively) owes an
+invalidation of the table's paging-structure-cache entries.  When a PTE is
+cleared, every CPU running the mm non-lazily owes an invalidation of the
+leaf.  A debt is paid by an invalidation that drops the entry *on that CPU*
+(``tlb_inv`` with the PSC covering the table, a full flush, a CR3 reload);
+what counts is when it took effect there, so a Xen flush still sitting in a
+lazy multicall queue, or an INVLPGB that has not landed, pays nothing.  A
+free with a debt outstanding is a violation; so is freeing a table that is
+still linked into the tree.
+"""
+
+from __future__ import annotations
+
+from impls.machine.history import Event
+from impls.machine.page_alloc import TABLE
+from impls.machine.pgtable import PAGE_SHIFT, TABLE_SPAN, entry_pfn, is_table_entry
+
+from .base import Check, Handler
+from .shadow import Shadow
+
+
+class _Debt:
+    __slots__ = ("event", "need", "lo", "hi", "table", "mm")
+
+    def __init__(self, event: Event, need: set[int], lo: int, hi: int, table: bool, mm: int) -> None:
+        self.event = event
+        self.need = need
+        self.lo = lo
+        self.hi = hi
+        self.table = table
+        self.mm = mm
+
+
+def _hits(start: int, end: int, stride: int, lo: int, hi: int) -> bool:
+    """Does some address start + k*stride < end fall in [lo, hi)?"""
+    if end <= lo or start >= hi:
+        return False
+    if start >= lo:
+        return True
+    k = -(-(lo - start) // stride)
+    a = start + k * stride
+    return a < min(end, hi)
+
+
+class OrderingCheck(Check):
+    def __init__(self, strategy: str) -> None:
+        super().__init__(strategy)
+        self.debts: dict[tuple[int, int], _Debt] = {}
+        self.linked: dict[tuple[int, int], Event] = {}
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"entry_write": self.write, "tlb_inv": self.inv, "tlb_inv_all": self.inv_all,
+                "tlb_inv_leaf_all": self.inv_leaf_all, "switch_mm": self.switch, "free": self.free}
+
+    def _cpus_on(self, sh: Shadow, mm: int, include_lazy: bool) -> set[int]:
+        pgd = sh.pgd_of_mm.get(mm)
+        return {c for c, p in sh.hw_pgd.items()
+                if c >= 0 and p == pgd and (include_lazy or not sh.lazy.get(c))}
+
+    def write(self, ev: Event, sh: Shadow) -> None:
+        a = ev.a
+        pfn, old, new = a["pfn"], a["old"], a["new"]
+        if sh.state.get(pfn) != TABLE or a["gen"] != sh.gen.get(pfn):
+            return
+        level = sh.level.get(pfn, 1)
+        mm = sh.mm_of.get(pfn, -1)
+        if new and level > 1 and is_table_entry(new):
+            child = entry_pfn(new)
+            self.linked[(child, sh.gen.get(child, 0))] = ev
+        if not old or old == new:
+            return
+        child = entry_pfn(old)
+        key = (child, sh.gen.get(child, 0))
+        if level > 1:
+            self.linked.pop(key, None)
+            lo = sh.va_of.get(pfn, 0) | (a["idx"] << {2: 21, 3: 30, 4: 39}[level])
+            hi = lo + TABLE_SPAN[level - 1]
+            self.debts[key] = _Debt(ev, self._cpus_on(sh, mm, True), lo, hi, True, mm)
+        else:
+            lo = sh.va_of.get(pfn, 0) | (a["idx"] << PAGE_SHIFT)
+            self.debts[key] = _Debt(ev, self._cpus_on(sh, mm, False), lo, lo + (1 << PAGE_SHIFT),
+                                    False, mm)
+
+    def inv(self, ev: Event, sh: Shadow) -> None:
+        if ev.cpu < 0:
+            return
+        a = ev.a
+        start, end, stride = a["start"], a["end"], 1 << a.get("stride", PAGE_SHIFT)
+        psc = a.get("psc", True)
+        for d in self.debts.values():
+            if ev.cpu in d.need and (psc or not d.table) and _hits(start, end, stride, d.lo, d.hi):
+                d.need.discard(ev.cpu)
+
+    def inv_all(self, ev: Event, sh: Shadow) -> None:
+        for d in self.debts.values():
+            d.need.discard(ev.cpu)
+
+    def inv_leaf_all(self, ev: Event, sh: Shadow) -> None:
+        for d in self.debts.values():
+            if not d.table:
+                d.need.discard(ev.cpu)
+
+    def switch(self, ev: Event, sh: Shadow) -> None:
+        if ev.a["lazy"]:  # a lazy CPU owes no leaf invalidation (tlb_gen catch-up)
+            for d in self.debts.values():
+                if not d.table:
+                    d.need.discard(ev.cpu)
+
+    def free(self, ev: Event, sh: Shadow) -> None:
+        a = ev.a
+        key = (a["pfn"], a["gen"])
+        link = self.linked.pop(key, None)
+        if link is not None and a["state"] == TABLE:
+            self.report("ordering", ("linked",) + key,
+                        f"table pfn {a['pfn']:#x} freed while still linked into the page tables",
+                        [link, ev], pfn=a["pfn"])
+        d = self.debts.pop(key, None)
+        if d is None or not d.need:
+            return
+        what = "table" if d.table else "page"
+        cpus = ", ".join(f"CPU{c}" for c in sorted(d.need))
+        lazy = [c for c in d.need if sh.lazy.get(c)]
+        note = f" ({', '.join(f'CPU{c}' for c in sorted(lazy))} lazy)" if lazy else ""
+        self.report("ordering", key,
+                    f"{what} pfn {a['pfn']:#x} (va {d.lo:#x}) freed before {cpus}{note} "
+                    "invalidated it after the unhook",
+                    [d.event, ev], pfn=a["pfn"], cpus=tuple(sorted(d.need)))

@@ -1,0 +1,216 @@
+"""The oracle's own picture of the machine, rebuilt from the history alone.
+
+Frames (generation, state, level, owner mm, base VA), page-table contents,
+per-agent TLB and paging-structure caches, what each CPU's hardware has in
+CR3 and whether it is lazy, which table each table pointer points to.  The
+checks read it *before* each event is applied, so at a ``free`` they see the
+frame still alive and every cache entry that still refers to it.
+
+It deliberately re-implements the few hardware rules it needs (what an
+invalidation drops) instead of trusting the machine's caches: a disagreement
+between the two shows up as an accounting violation at quiescence.
+"""
+
+from __future__ import annotations
+
+from impls.machine.history import Event
+from impls.machine.page_alloc import DATA, FREE, TABLE
+from impls.machine.pgtable import (
+    LEVEL_SHIFT,
+    PAGE_SHIFT,
+    TABLE_SPAN,
+    entry_pfn,
+    entry_present,
+    index,
+    is_table_entry,
+)
+
+PSC_SHIFTS = ((1, 21), (2, 30), (3, 39))
+IOMMU = -3
+
+
+class Shadow:
+    def __init__(self) -> None:
+        self.gen: dict[int, int] = {}
+        self.state: dict[int, int] = {}
+        self.level: dict[int, int] = {}
+        self.mm_of: dict[int, int] = {}
+        self.va_of: dict[int, int] = {}
+        self.entries: dict[int, dict[int, int]] = {}
+        self.pgd_of_mm: dict[int, int] = {}
+        self.tlb: dict[int, dict[int, tuple[int, int, int]]] = {}
+        self.psc: dict[int, dict[tuple[int, int], tuple[int, int, int]]] = {}
+        self.hw_pgd: dict[int, int] = {}      # cpu -> pgd pfn in the hardware CR3
+        self.lazy: dict[int, bool] = {}
+        self.current: dict[int, int] = {}     # cpu -> mm of the running task (-1: kthread)
+        self.irq_off: dict[int, int] = {}
+        self.sptes: dict[int, dict[int, tuple[int, int, int]]] = {}  # mm -> gfn -> (pfn, gen, seq)
+        self.last_alloc: dict[int, Event] = {}
+        self.frees: dict[tuple[int, int], Event] = {}
+        self.unhooks: dict[tuple[int, int], Event] = {}
+        self.pte_clears: dict[tuple[int, int], Event] = {}
+        self.fills: dict[tuple[int, int, int], Event] = {}   # (agent, pfn, gen) -> last fill
+        self.last_op: dict[int, Event] = {}
+        self.boot: Event | None = None
+        self._apply = {
+            "boot": self._boot, "alloc": self._alloc, "free": self._free,
+            "entry_write": self._entry_write, "tlb_fill": self._tlb_fill,
+            "psc_fill": self._psc_fill, "tlb_inv": self._tlb_inv,
+            "tlb_inv_all": self._tlb_inv_all, "tlb_inv_leaf_all": self._tlb_inv_leaf_all,
+            "tlb_inv_span": self._tlb_inv_span, "cr3_load": self._cr3_load,
+            "switch_mm": self._switch_mm, "context_switch": self._context_switch,
+            "irq_off": self._irq_off, "irq_on": self._irq_on, "spte_install": self._spte_install,
+            "spte_zap": self._spte_zap, "op_begin": self._op_begin, "thread_killed": self._killed,
+        }
+
+    def apply(self, ev: Event) -> None:
+        fn = self._apply.get(ev.kind)
+        if fn is not None:
+            fn(ev)
+
+    # -- queries -----------------------------------------------------------------
+    def live(self, pfn: int, gen: int) -> bool:
+        return self.gen.get(pfn) == gen and self.state.get(pfn, FREE) != FREE
+
+    def is_table(self, pfn: int, gen: int) -> bool:
+        return self.gen.get(pfn) == gen and self.state.get(pfn) == TABLE
+
+    def mm_of_cpu_hw(self, cpu: int) -> int | None:
+        pgd = self.hw_pgd.get(cpu, 0)
+        return self.mm_of.get(pgd) if pgd else None
+
+    def translate(self, mm: int, va: int) -> tuple[int, int] | None:
+        """What the live page tables of ``mm`` map at ``va``."""
+        pfn = self.pgd_of_mm.get(mm)
+        if pfn is None:
+            return None
+        for level in (4, 3, 2, 1):
+            val = self.entries.get(pfn, {}).get(index(level, va), 0)
+            if not entry_present(val):
+                return None
+            child = entry_pfn(val)
+            if level > 1:
+                if not is_table_entry(val) or self.state.get(child) != TABLE:
+                    return None
+                pfn = child
+            else:
+                return child, self.gen.get(child, 0)
+        return None
+
+    def table_span(self, pfn: int) -> tuple[int, int]:
+        lvl = self.level.get(pfn, 1)
+        base = self.va_of.get(pfn, 0)
+        return base, base + TABLE_SPAN[lvl]
+
+    # -- updates -------------------------------------------------------------------
+    def _boot(self, ev: Event) -> None:
+        self.boot = ev
+
+    def _alloc(self, ev: Event) -> None:
+        a = ev.a
+        pfn = a["pfn"]
+        self.gen[pfn] = a["gen"]
+        self.state[pfn] = a["state"]
+        self.level[pfn] = a["level"]
+        self.mm_of[pfn] = a["mm"]
+        self.va_of[pfn] = a["va"]
+        self.entries[pfn] = {}
+        self.last_alloc[pfn] = ev
+        if a["state"] == TABLE and a["level"] == 4:
+            self.pgd_of_mm[a["mm"]] = pfn
+
+    def _free(self, ev: Event) -> None:
+        pfn = ev.a["pfn"]
+        self.state[pfn] = FREE
+        self.frees[(pfn, ev.a["gen"])] = ev
+
+    def _entry_write(self, ev: Event) -> None:
+        a = ev.a
+        pfn, idx, old, new = a["pfn"], a["idx"], a["old"], a["new"]
+        table = self.entries.setdefault(pfn, {})
+        if new:
+            table[idx] = new
+        else:
+            table.pop(idx, None)
+        if old and old != new and self.state.get(pfn) == TABLE and a["gen"] == self.gen.get(pfn):
+            child = entry_pfn(old)
+            key = (child, self.gen.get(child, 0))
+            if self.level.get(pfn, 1) > 1:
+                self.unhooks[key] = ev
+            else:
+                self.pte_clears[key] = ev
+
+    def _tlb_fill(self, ev: Event) -> None:
+        a = ev.a
+        self.tlb.setdefault(ev.cpu, {})[a["va"] >> PAGE_SHIFT] = (a["pfn"], a["gen"], ev.seq)
+        self.fills[(ev.cpu, a["pfn"], a["gen"])] = ev
+
+    def _psc_fill(self, ev: Event) -> None:
+        a = ev.a
+        shift = LEVEL_SHIFT[a["level"] + 1]
+        self.psc.setdefault(ev.cpu, {})[(a["level"], a["prefix"] >> shift)] = (a["pfn"], a["gen"], ev.seq)
+        self.fills[(ev.cpu, a["pfn"], a["gen"])] = ev
+
+    def _tlb_inv(self, ev: Event) -> None:
+        a = ev.a
+        tlb = self.tlb.get(ev.cpu, {})
+        psc = self.psc.get(ev.cpu, {})
+        step = 1 << a.get("stride", PAGE_SHIFT)
+        drop_psc = a.get("psc", True)
+        addr = a["start"]
+        while addr < a["end"]:
+            tlb.pop(addr >> PAGE_SHIFT, None)
+            if drop_psc:
+                for lvl, shift in PSC_SHIFTS:
+                    psc.pop((lvl, addr >> shift), None)
+            addr += step
+
+    def _tlb_inv_all(self, ev: Event) -> None:
+        self.tlb.pop(ev.cpu, None)
+        self.psc.pop(ev.cpu, None)
+
+    def _tlb_inv_leaf_all(self, ev: Event) -> None:
+        self.tlb.pop(ev.cpu, None)
+
+    def _tlb_inv_span(self, ev: Event) -> None:
+        start, end = ev.a["start"], ev.a["end"]
+        tlb = self.tlb.get(ev.cpu, {})
+        for vpn in [v for v in tlb if start <= v << PAGE_SHIFT < end]:
+            del tlb[vpn]
+        psc = self.psc.get(ev.cpu, {})
+        for key in list(psc):
+            lvl, prefix = key
+            shift = dict(PSC_SHIFTS)[lvl]
+            lo = prefix << shift
+            if lo < end and start < lo + (1 << shift):
+                del psc[key]
+
+    def _cr3_load(self, ev: Event) -> None:
+        self.hw_pgd[ev.cpu] = ev.a["pfn"]
+
+    def _switch_mm(self, ev: Event) -> None:
+        self.lazy[ev.cpu] = bool(ev.a["lazy"])
+
+    def _context_switch(self, ev: Event) -> None:
+        self.current[ev.cpu] = ev.a["to"]
+
+    def _killed(self, ev: Event) -> None:
+        self.current[ev.cpu] = -1
+
+    def _irq_off(self, ev: Event) -> None:
+        self.irq_off[ev.cpu] = self.irq_off.get(ev.cpu, 0) + 1
+
+    def _irq_on(self, ev: Event) -> None:
+        self.irq_off[ev.cpu] = self.irq_off.get(ev.cpu, 0) - 1
+
+    def _spte_install(self, ev: Event) -> None:
+        self.sptes.setdefault(ev.a["mm"], {})[ev.a["gfn"] >> PAGE_SHIFT] = (ev.a["pfn"], ev.a["gen"], ev.seq)
+
+    def _spte_zap(self, ev: Event) -> None:
+        self.sptes.get(ev.a["mm"], {}).pop(ev.a["gfn"] >> PAGE_SHIFT, None)
+
+    def _op_begin(self, ev: Event) -> None:
+        self.last_op[ev.cpu] = ev
+
+    def data_page(self, pfn: int) -> bool:
+        return self.state.get(pfn) == DATA
