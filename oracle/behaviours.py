@@ -37,51 +37,75 @@ class Behaviours:
     def hit(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def see(self, ev: Event, sh: Shadow) -> None:
-        k = ev.kind
+    def handlers(self) -> dict[str, object]:
+        return {k: getattr(self, "_" + k) for k in (
+            "walker_map", "walker_unmap", "op_end", "entry_write", "free", "alloc_fail", "switch_mm",
+            "ipi_send", "xen_mc_deferred", "gp_end", "gup_put", "pt_reclaim", "need_resched",
+            "pmd_changed", "hw_read", "tlbsync", "mmdrop")}
+
+    def _walker_map(self, ev: Event, sh: Shadow) -> None:
+        self.mapped[ev.cpu] = (ev.a["pfn"], ev.a["gen"])
+
+    def _walker_unmap(self, ev: Event, sh: Shadow) -> None:
+        self.mapped.pop(ev.cpu, None)
+
+    def _op_end(self, ev: Event, sh: Shadow) -> None:
+        self.mapped.pop(ev.cpu, None)
+        res = ev.a.get("result")
+        if isinstance(res, str) and res.startswith("retry: invalidation"):
+            self.hit("kvm-fault-retried")
+
+    def _entry_write(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
-        if k == "walker_map":
-            self.mapped[ev.cpu] = (a["pfn"], a["gen"])
-        elif k == "walker_unmap" or k == "op_end":
-            self.mapped.pop(ev.cpu, None)
-        elif k == "entry_write":
-            if a["old"] and sh.level.get(a["pfn"], 1) == 2:
-                child = a["old"] >> 12
-                key = (child, sh.gen.get(child, 0))
-                if any(v == key for c, v in self.mapped.items() if c != ev.cpu):
-                    self.hit("walker-mid-walk-at-unhook")
-        elif k == "free":
-            key = (a["pfn"], a["gen"])
+        if a["old"] and self.mapped and sh.level.get(a["pfn"], 1) == 2:
+            child = a["old"] >> 12
+            key = (child, sh.gen.get(child, 0))
+            if any(v == key for c, v in self.mapped.items() if c != ev.cpu):
+                self.hit("walker-mid-walk-at-unhook")
+
+    def _free(self, ev: Event, sh: Shadow) -> None:
+        if self.mapped:
+            key = (ev.a["pfn"], ev.a["gen"])
             if any(v == key for v in self.mapped.values()):
                 self.hit("table-freed-under-walker")
-        elif k == "alloc_fail":
-            self.hit("table-batch-alloc-failed" if a["what"] == "mmu_table_batch" else "gather-batch-full")
-        elif k == "switch_mm":
-            if a["why"] == "flush_tlb_func: lazy":
-                self.hit("lazy-cpu-table-flush")
-        elif k == "ipi_send":
-            if any(sh.irq_off.get(t, 0) > 0 for t in a["targets"]):
-                self.hit("ipi-waited-on-irq-off")
-        elif k == "xen_mc_deferred":
-            self.hit("xen-mc-deferred")
-        elif k == "gp_end":
-            if a["waited"]:
-                self.hit("rcu-gp-waited-on-reader")
-        elif k == "gup_put":
-            self.hit("gup-recheck-failed")
-        elif k == "pt_reclaim":
-            if a["result"] == "cleared":
-                self.hit("pt-reclaim-freed-table")
-        elif k == "need_resched":
-            self.hit("ptl-dropped-mid-zap")
-        elif k == "pmd_changed":
-            self.hit("pmd-changed-retry")
-        elif k == "hw_read":
-            if a["via"] == "speculative" and sh.lazy.get(ev.cpu):
-                self.hit("speculative-walk-lazy")
-        elif k == "op_end" and isinstance(a.get("result"), str) and a["result"].startswith("retry: invalidation"):
-            self.hit("kvm-fault-retried")
-        elif k == "tlbsync":
-            self.hit("broadcast-flush")
-        elif k == "mmdrop":
-            self.hit("mm-freed")
+
+    def _alloc_fail(self, ev: Event, sh: Shadow) -> None:
+        self.hit("table-batch-alloc-failed" if ev.a["what"] == "mmu_table_batch" else "gather-batch-full")
+
+    def _switch_mm(self, ev: Event, sh: Shadow) -> None:
+        if ev.a["why"] == "flush_tlb_func: lazy":
+            self.hit("lazy-cpu-table-flush")
+
+    def _ipi_send(self, ev: Event, sh: Shadow) -> None:
+        if any(sh.irq_off.get(t, 0) > 0 for t in ev.a["targets"]):
+            self.hit("ipi-waited-on-irq-off")
+
+    def _xen_mc_deferred(self, ev: Event, sh: Shadow) -> None:
+        self.hit("xen-mc-deferred")
+
+    def _gp_end(self, ev: Event, sh: Shadow) -> None:
+        if ev.a["waited"]:
+            self.hit("rcu-gp-waited-on-reader")
+
+    def _gup_put(self, ev: Event, sh: Shadow) -> None:
+        self.hit("gup-recheck-failed")
+
+    def _pt_reclaim(self, ev: Event, sh: Shadow) -> None:
+        if ev.a["result"] == "cleared":
+            self.hit("pt-reclaim-freed-table")
+
+    def _need_resched(self, ev: Event, sh: Shadow) -> None:
+        self.hit("ptl-dropped-mid-zap")
+
+    def _pmd_changed(self, ev: Event, sh: Shadow) -> None:
+        self.hit("pmd-changed-retry")
+
+    def _hw_read(self, ev: Event, sh: Shadow) -> None:
+        if ev.a["via"] == "speculative" and sh.lazy.get(ev.cpu):
+            self.hit("speculative-walk-lazy")
+
+    def _tlbsync(self, ev: Event, sh: Shadow) -> None:
+        self.hit("broadcast-flush")
+
+    def _mmdrop(self, ev: Event, sh: Shadow) -> None:
+        self.hit("mm-freed")

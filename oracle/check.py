@@ -30,18 +30,23 @@ def check_history(history: History) -> Verdict:
         for kind, fn in c.handlers().items():
             dispatch.setdefault(kind, []).append(fn)
     beh = Behaviours()
+    for kind, fn in beh.handlers().items():
+        dispatch.setdefault(kind, []).append(fn)
+    # the shadow update comes last: checks see the state before the event
+    for kind, fn in sh.updaters().items():
+        dispatch.setdefault(kind, []).append(lambda ev, _sh, fn=fn: fn(ev))
+    table = {k: tuple(v) for k, v in dispatch.items()}
     final = None
-    apply = sh.apply
-    see = beh.see
+    get = table.get
     for ev in history.events:
-        hs = dispatch.get(ev.kind)
+        hs = get(ev[2])
         if hs is not None:
             for fn in hs:
                 fn(ev, sh)
-        see(ev, sh)
-        apply(ev)
+    for ev in reversed(history.events):
         if ev.kind == "final":
             final = ev
+            break
     for c in checks:
         c.finish(sh, final)
     violations = [v for c in checks for v in c.violations]

@@ -63,6 +63,9 @@ class Shadow:
             "spte_zap": self._spte_zap, "op_begin": self._op_begin, "thread_killed": self._killed,
         }
 
+    def updaters(self) -> dict:
+        return dict(self._apply)
+
     def apply(self, ev: Event) -> None:
         fn = self._apply.get(ev.kind)
         if fn is not None:

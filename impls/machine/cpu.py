@@ -169,13 +169,11 @@ def preempt_enable(cpu: Cpu) -> None:
 def rcu_read_lock(cpu: Cpu) -> None:
     _enter_reader(cpu)
     cpu.rcu_nesting += 1
-    cpu.m.h.emit(cpu.id, "rcu_read_lock")
 
 
 def rcu_read_unlock(cpu: Cpu) -> None:
     cpu.rcu_nesting -= 1
     assert cpu.rcu_nesting >= 0, "unbalanced rcu_read_unlock()"
-    cpu.m.h.emit(cpu.id, "rcu_read_unlock")
 
 
 def wait_until(cpu: Cpu, pred: Callable[[], bool], label: str) -> Step:
@@ -200,7 +198,6 @@ def spin_lock(cpu: Cpu, lock: SpinLock, label: str = "spin_lock") -> Step:
         yield from wait_until(cpu, lambda: lock.owner is None, label)
     lock.owner = cpu.id
     preempt_disable(cpu)
-    cpu.m.h.emit(cpu.id, "lock", lock=lock.name, pfn=lock.frame.pfn if lock.frame else 0)
 
 
 def spin_trylock(cpu: Cpu, lock: SpinLock, fails: bool = False) -> bool:
@@ -208,7 +205,6 @@ def spin_trylock(cpu: Cpu, lock: SpinLock, fails: bool = False) -> bool:
         return False
     lock.owner = cpu.id
     preempt_disable(cpu)
-    cpu.m.h.emit(cpu.id, "lock", lock=lock.name, pfn=lock.frame.pfn if lock.frame else 0)
     return True
 
 
@@ -216,7 +212,6 @@ def spin_unlock(cpu: Cpu, lock: SpinLock) -> None:
     assert lock.owner == cpu.id, f"{lock.name} unlocked by cpu{cpu.id}, owner {lock.owner}"
     lock.owner = None
     preempt_enable(cpu)
-    cpu.m.h.emit(cpu.id, "unlock", lock=lock.name, pfn=lock.frame.pfn if lock.frame else 0)
 
 
 def down_read(cpu: Cpu, sem: RwSem) -> Step:

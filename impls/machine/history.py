@@ -44,6 +44,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+_new_event = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+
+
 class History:
     """Append-only event log of one run (on one strategy and platform)."""
 
@@ -56,8 +59,9 @@ class History:
         self.meta: dict[str, Any] = {}
 
     def emit(self, cpu: int, kind: str, **a: Any) -> Event:
-        ev = Event(len(self.events), cpu, kind, a)
-        self.events.append(ev)
+        events = self.events
+        ev = _new_event(Event, (len(events), cpu, kind, a))
+        events.append(ev)
         return ev
 
     def __iter__(self) -> Iterator[Event]:

@@ -52,6 +52,17 @@ OPS: dict[str, OpFn] = {
 
 DEFAULT_MAX_STEPS = 20_000
 
+_descs: dict[Op, str] = {}
+
+
+def _describe(op: Op) -> str:
+    d = _descs.get(op)
+    if d is None:
+        if len(_descs) > 50_000:
+            _descs.clear()
+        d = _descs[op] = op.describe()
+    return d
+
 
 class Machine:
     def __init__(self, program: Program, strategy: Ops, platform: Ops,
@@ -159,7 +170,7 @@ class Machine:
             cpu.op_index = i
             if op.kind not in ("switch", "exit"):
                 cpu.op_mm = cpu.current_mm
-            h.emit(cpu.id, "op_begin", op=i, name=op.kind, desc=op.describe())
+            h.emit(cpu.id, "op_begin", op=i, name=op.kind, desc=_describe(op))
             res = yield from OPS[op.kind](cpu, op)
             cpu.op_mm = None
             h.emit(cpu.id, "op_end", op=i, name=op.kind, result=res)

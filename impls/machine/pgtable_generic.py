@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .cpu import Cpu, Step, rcu_read_lock, rcu_read_unlock, spin_lock, spin_unlock
+from .cpu import Cpu, Step, down_read, rcu_read_lock, rcu_read_unlock, spin_lock, spin_unlock, up_read
 from .page_alloc import Frame, SpinLock
 from .pgtable import entry_pfn, index, is_table_entry
 
@@ -125,27 +125,37 @@ def walk_to_pmd(cpu: Cpu, mm, addr: int, who: str) -> Ptr | None:
 
 
 def pte_walk(cpu: Cpu, op) -> Step:
-    """An RCU-only lockless reader (``pte_offset_map_ro_nolock()`` user):
-    walk to the PMD, map the PTE table under rcu_read_lock() with IRQs on,
-    read the PTE, unmap."""
+    """An RCU-only lockless reader of a PTE table, as the ``pte_offset_map()``
+    users that walk a VMA (``walk_page_range()`` callbacks, rmap's
+    ``page_vma_mapped_walk()``): the VMA is held (here: the mmap lock for
+    read), so the upper tables cannot be freed, but the PTE table itself can,
+    by PT_RECLAIM, which frees it while the VMA exists.  The table is mapped
+    with ``pte_offset_map_ro_nolock()`` under ``rcu_read_lock()`` with IRQs on,
+    and read across a preemption point."""
     m = cpu.m
     mm = cpu.current_mm
     if mm is None:
         return "skipped: kernel thread"
     who = "pte_walk"
-    pmdp = walk_to_pmd(cpu, mm, op.addr, who)
-    if pmdp is None:
-        return "no table"
-    yield f"{who}:pmd_located"
-    pte = __pte_offset_map(cpu, pmdp, op.addr, who)
-    if pte is None:
-        return "no table"
-    m.h.emit(cpu.id, "walker_map", who=who, pfn=pte.table.pfn, gen=pte.gen, addr=op.addr)
-    yield f"{who}:mapped"
-    val = m.sw_read(cpu, pte.table, pte.gen, index(1, op.addr), who)
-    yield f"{who}:pte_read"
-    # pte_offset_map_ro_nolock() users look at neighbouring entries too
-    m.sw_read(cpu, pte.table, pte.gen, index(1, op.addr) ^ 1, who)
-    pte_unmap(cpu)
-    m.h.emit(cpu.id, "walker_unmap", who=who, pfn=pte.table.pfn)
-    return f"pte={val:#x}"
+    yield from down_read(cpu, mm.mmap_lock)
+    try:
+        if mm.find_vma(op.addr) is None:
+            return "no vma"
+        pmdp = walk_to_pmd(cpu, mm, op.addr, who)
+        if pmdp is None:
+            return "no table"
+        yield f"{who}:pmd_located"
+        pte = __pte_offset_map(cpu, pmdp, op.addr, who)
+        if pte is None:
+            return "no table"
+        m.h.emit(cpu.id, "walker_map", who=who, pfn=pte.table.pfn, gen=pte.gen, addr=op.addr)
+        yield f"{who}:mapped"
+        val = m.sw_read(cpu, pte.table, pte.gen, index(1, op.addr), who)
+        yield f"{who}:pte_read"
+        # pte_offset_map_ro_nolock() users look at neighbouring entries too
+        m.sw_read(cpu, pte.table, pte.gen, index(1, op.addr) ^ 1, who)
+        pte_unmap(cpu)
+        m.h.emit(cpu.id, "walker_unmap", who=who, pfn=pte.table.pfn)
+        return f"pte={val:#x}"
+    finally:
+        up_read(cpu, mm.mmap_lock)

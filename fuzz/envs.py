@@ -1,0 +1,98 @@
+"""Environments: the columns of the verdict matrix (primer section 2).
+
+An environment is a platform plus the knobs that change verdicts: which
+readers race with frees (IRQ-off GUP-fast always; RCU-only ``pte_offset_map()``
+walkers with PT_RECLAIM), whether the table-batch allocation fails (the
+single-table fallback), whether lazy-TLB CPUs are about.  It tells the
+generator what to generate and the choice source how to bias its flips.
+
+Strategies name the environments they claim to be safe on in ``SAFE_ON``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from impls.machine.choices import DEFAULT_BIASES
+
+from .generate import DEFAULT_WEIGHTS, GenConfig
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    primer: str        # the primer's column (E1..E8)
+    platform: str
+    description: str
+    pt_reclaim: str = "off"
+    weights: dict[str, float] = field(default_factory=dict)
+    biases: dict[str, float] = field(default_factory=dict)
+    kvm: bool = False
+    iommu: bool = False
+
+    def gen_config(self, length: int = 32, platform: str | None = None) -> GenConfig:
+        w = dict(DEFAULT_WEIGHTS)
+        w.update(self.weights)
+        return GenConfig(platform=platform or self.platform, length=length, pt_reclaim=self.pt_reclaim,
+                         kvm=self.kvm, iommu=self.iommu, weights=w)
+
+    def choice_biases(self) -> dict[str, float]:
+        b = dict(DEFAULT_BIASES)
+        b.update(self.biases)
+        return b
+
+    def on_platform(self, platform: str) -> Environment:
+        """The same knobs on another platform (a user's platform file)."""
+        return replace(self, platform=platform)
+
+
+_NO_RCU_WALKERS = {"pte_walk": 0.0}
+_NO_BATCH_FAIL = {"alloc_fails:mmu_table_batch": 0.0}
+_BATCH_FAIL = {"alloc_fails:mmu_table_batch": 1.0}
+_RECLAIM = {"pte_walk": 6.0, "madvise": 5.0, "populate": 3.0}
+_LAZY = {"switch": 6.0, "spec_walk": 6.0}
+
+ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
+    Environment("native", "E1", "native",
+                "bare metal, synchronous IPI flush; IRQ-off walkers (GUP-fast) race with frees",
+                weights=_NO_RCU_WALKERS, biases=_NO_BATCH_FAIL),
+    Environment("native+pt-reclaim", "E2", "native",
+                "E1 plus RCU-only pte_offset_map() walkers while PT_RECLAIM frees empty PTE tables",
+                pt_reclaim="on", weights=_RECLAIM),
+    Environment("xen-pv", "E3", "xen-pv",
+                "Xen PV: hypercall flush (no IPI), lazy multicalls, pinning",
+                weights=_NO_RCU_WALKERS, biases=_NO_BATCH_FAIL),
+    Environment("broadcast", "E4", "broadcast",
+                "broadcast flush without IPIs (INVLPGB + TLBSYNC)",
+                weights=_NO_RCU_WALKERS, biases=_NO_BATCH_FAIL),
+    Environment("native+batch-fail", "E7", "native",
+                "E1 with every table-batch allocation failing (the single-table fallback)",
+                weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL),
+    Environment("xen-pv+batch-fail", "E7", "xen-pv",
+                "E3 with every table-batch allocation failing",
+                weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL),
+    Environment("broadcast+batch-fail", "E7", "broadcast",
+                "E4 with every table-batch allocation failing",
+                weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL),
+    Environment("native+pt-reclaim+batch-fail", "E7", "native",
+                "E2 with every table-batch allocation failing: RCU-only walkers meet the fallback",
+                pt_reclaim="on", weights=_RECLAIM, biases=_BATCH_FAIL),
+    Environment("native+lazy", "E8", "native",
+                "E1 with CPUs going lazy-TLB (kernel threads) and walking speculatively",
+                weights={**_NO_RCU_WALKERS, **_LAZY}, biases=_NO_BATCH_FAIL),
+)}
+
+
+def environment(name: str) -> Environment:
+    try:
+        return ENVIRONMENTS[name]
+    except KeyError:
+        raise KeyError(f"unknown environment {name!r} (known: {', '.join(ENVIRONMENTS)})") from None
+
+
+def default_environment(platform: str) -> Environment:
+    """The plain environment of a built-in platform, or E1's knobs on a
+    user's platform file."""
+    if platform in ENVIRONMENTS:
+        return ENVIRONMENTS[platform]
+    return ENVIRONMENTS["native"].on_platform(platform)

@@ -1,0 +1,268 @@
+"""Program generation, valid by construction, for every engine.
+
+The generator walks an abstract state forward as it emits operations (which
+VMA slots are mapped in which mm, which pages were touched, what each CPU
+runs), so it unmaps what is mapped, walks what exists and switches to mms that
+are alive: no generate-then-filter.  Interleaving is left to the schedule, so
+at run time an operation may find the world changed (that is the point); the
+machine handles every operation in every state.
+
+Every decision goes through a :class:`Draw`, so the same code serves the
+random and PCT engines (:class:`RandomDraw`), Hypothesis (which shrinks what it
+drew) and atheris (:class:`BytesDraw`, one byte per decision).
+
+Address layout: each mm has VMA *slots* chosen so that unmapping them frees
+tables at every level: two neighbouring 2 MiB slots sharing a PMD table (PTE
+tables freed, floor/ceiling exercised), one slot alone in its 1 GiB (its PMD
+table is freed too) and one alone in its 512 GiB (its PUD table too).  Only
+the first few pages of a slot are touched, so programs stay small.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from impls.machine.pgtable import PAGE_SIZE, PMD_SIZE
+from impls.machine.program import Env, Op, Program
+
+T = TypeVar("T")
+
+#: (start, len) of the VMA slots of every mm
+SLOTS: tuple[tuple[int, int], ...] = (
+    (0x200000, PMD_SIZE),          # PTE table 1 of the first PMD table
+    (0x400000, PMD_SIZE),          # its neighbour, same PMD table
+    (0x40000000, PMD_SIZE),        # alone in its 1 GiB: PMD table freed with it
+    (0x8000000000, PMD_SIZE),      # alone in its 512 GiB: PUD table freed with it
+)
+PAGES_PER_SLOT = 3
+
+
+class Draw(Protocol):
+    def int(self, lo: int, hi: int) -> int: ...       # inclusive bounds
+    def bool(self, p: float) -> bool: ...
+    def weighted(self, items: Sequence[tuple[T, float]]) -> T: ...
+
+
+class RandomDraw:
+    """Decisions from a private seeded RNG."""
+
+    def __init__(self, rng: random.Random | int) -> None:
+        self.rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+
+    def int(self, lo: int, hi: int) -> int:
+        return self.rng.randint(lo, hi)
+
+    def bool(self, p: float) -> bool:
+        return self.rng.random() < p
+
+    def weighted(self, items):
+        total = sum(w for _, w in items)
+        x = self.rng.random() * total
+        for item, w in items:
+            x -= w
+            if x < 0:
+                return item
+        return items[-1][0]
+
+
+class BytesDraw:
+    """Decisions decoded from a byte string (atheris); zeros once exhausted,
+    so every byte string decodes to some program."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.i = 0
+
+    def _byte(self) -> int:
+        if self.i >= len(self.data):
+            return 0
+        b = self.data[self.i]
+        self.i += 1
+        return b
+
+    def int(self, lo: int, hi: int) -> int:
+        span = hi - lo + 1
+        if span <= 1:
+            return lo
+        v = self._byte()
+        if span > 256:
+            v = v << 8 | self._byte()
+        return lo + v % span
+
+    def bool(self, p: float) -> bool:
+        return self._byte() < int(256 * p)
+
+    def weighted(self, items):
+        total = sum(w for _, w in items)
+        x = self._byte() / 256 * total
+        for item, w in items:
+            x -= w
+            if x < 0:
+                return item
+        return items[-1][0]
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """What to generate: the environment (platform and knobs) and the size."""
+
+    platform: str = "native"
+    cpus: tuple[int, int] = (2, 4)
+    mms: tuple[int, int] = (1, 2)
+    length: int = 32
+    pt_reclaim: str = "off"
+    kvm: bool = False
+    iommu: bool = False
+    #: relative weight of each operation kind (0 disables it)
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "gup_fast": 6, "munmap": 4, "mmap": 3, "access": 6, "populate": 1, "pte_walk": 2,
+    "madvise": 2, "spec_walk": 3, "switch": 2, "exit": 0.3,
+    "kvm_fault": 2, "kvm_access": 2, "iommu_access": 2,
+}
+
+
+@dataclass
+class _State:
+    """The abstract state the generator walks forward."""
+
+    mapped: dict[int, set[int]]                 # mm -> mapped slot indexes
+    touched: dict[int, set[tuple[int, int]]]    # mm -> (slot, page) touched
+    running: list[int | None]                   # cpu -> mm (None: kernel thread)
+    alive: set[int]
+
+
+def generate(draw: Draw, cfg: GenConfig) -> Program:
+    cpus = draw.int(*cfg.cpus)
+    mms = draw.int(*cfg.mms)
+    env = Env(cfg.pt_reclaim, cfg.kvm, cfg.iommu, False)
+    st = _State({m: set() for m in range(mms)}, {m: set() for m in range(mms)},
+                [], set(range(mms)))
+    start: list[int | None] = []
+    for c in range(cpus):
+        start.append(None if (c > 0 and draw.bool(0.15)) else draw.int(0, mms - 1))
+    st.running = list(start)
+    vmas: list[tuple[int, int, int]] = []
+    for m in range(mms):
+        for i, (s, n) in enumerate(SLOTS):
+            if i == 0 or draw.bool(0.6):
+                vmas.append((m, s, n))
+                st.mapped[m].add(i)
+    setup: list[Op] = []
+    for m in range(mms):
+        cpu = next((c for c in range(cpus) if start[c] == m), None)
+        if cpu is None:
+            continue
+        for i in sorted(st.mapped[m]):
+            if draw.bool(0.5):
+                pages = draw.int(1, 2)
+                setup.append(Op(cpu, "populate", addr=SLOTS[i][0], len=pages * PAGE_SIZE))
+                st.touched[m].update((i, p) for p in range(pages))
+    ops: list[Op] = []
+    weights = {k: w for k, w in cfg.weights.items() if w > 0}
+    if not cfg.kvm:
+        weights.pop("kvm_fault", None)
+        weights.pop("kvm_access", None)
+    if not cfg.iommu:
+        weights.pop("iommu_access", None)
+    if cfg.pt_reclaim == "off":
+        weights["madvise"] = weights.get("madvise", 0) * 0.5
+    for _ in range(cfg.length):
+        cpu = draw.int(0, cpus - 1)
+        op = _gen_op(draw, st, cpu, mms, weights)
+        if op is not None:
+            ops.append(op)
+    return Program(cpus=cpus, mms=mms, platform=cfg.platform, start=tuple(start), vmas=tuple(vmas),
+                   setup=tuple(setup), ops=tuple(ops), env=env)
+
+
+def _page_addr(slot: int, page: int) -> int:
+    return SLOTS[slot][0] + page * PAGE_SIZE
+
+
+def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float]) -> Op | None:
+    mm = st.running[cpu]
+    if mm is None or mm not in st.alive:
+        alive = sorted(st.alive)
+        if not alive:
+            return Op(cpu, "spec_walk", addr=_page_addr(0, 0))
+        # a kernel thread can only switch back to a user task, or walk speculatively
+        if draw.bool(0.7):
+            target = alive[draw.int(0, len(alive) - 1)]
+            st.running[cpu] = target
+            return Op(cpu, "switch", mm=target)
+        slot = draw.int(0, len(SLOTS) - 1)
+        return Op(cpu, "spec_walk", addr=_page_addr(slot, draw.int(0, PAGES_PER_SLOT - 1)))
+    kind = draw.weighted(list(weights.items()))
+    mapped = sorted(st.mapped[mm])
+    touched = sorted(st.touched[mm])
+    if kind in ("gup_fast", "pte_walk", "kvm_fault", "kvm_access", "iommu_access", "spec_walk"):
+        if touched and draw.bool(0.85):
+            slot, page = touched[draw.int(0, len(touched) - 1)]
+        elif mapped:
+            slot, page = mapped[draw.int(0, len(mapped) - 1)], draw.int(0, PAGES_PER_SLOT - 1)
+        else:
+            slot, page = 0, 0
+        if kind == "kvm_fault":
+            st.touched[mm].add((slot, page))
+        return Op(cpu, kind, addr=_page_addr(slot, page), write=kind == "gup_fast" and draw.bool(0.5))
+    if kind in ("access", "populate"):
+        if not mapped:
+            return Op(cpu, "mmap", addr=SLOTS[0][0], len=SLOTS[0][1]) if _map(st, mm, 0) else None
+        slot = mapped[draw.int(0, len(mapped) - 1)]
+        if kind == "populate":
+            n = draw.int(1, PAGES_PER_SLOT)
+            st.touched[mm].update((slot, p) for p in range(n))
+            return Op(cpu, "populate", addr=SLOTS[slot][0], len=n * PAGE_SIZE)
+        page = draw.int(0, PAGES_PER_SLOT - 1)
+        st.touched[mm].add((slot, page))
+        return Op(cpu, "access", addr=_page_addr(slot, page), write=draw.bool(0.7))
+    if kind == "munmap":
+        if not mapped:
+            return None
+        slot = mapped[draw.int(0, len(mapped) - 1)]
+        st.mapped[mm].discard(slot)
+        st.touched[mm] = {t for t in st.touched[mm] if t[0] != slot}
+        # sometimes unmap the neighbouring slot too (one call, several VMAs)
+        if slot == 0 and 1 in st.mapped[mm] and draw.bool(0.3):
+            st.mapped[mm].discard(1)
+            st.touched[mm] = {t for t in st.touched[mm] if t[0] != 1}
+            return Op(cpu, "munmap", addr=SLOTS[0][0], len=2 * PMD_SIZE)
+        return Op(cpu, "munmap", addr=SLOTS[slot][0], len=SLOTS[slot][1])
+    if kind == "mmap":
+        free = [i for i in range(len(SLOTS)) if i not in st.mapped[mm]]
+        if not free:
+            return None
+        slot = free[draw.int(0, len(free) - 1)]
+        _map(st, mm, slot)
+        return Op(cpu, "mmap", addr=SLOTS[slot][0], len=SLOTS[slot][1])
+    if kind == "madvise":
+        if not mapped:
+            return None
+        slot = mapped[draw.int(0, len(mapped) - 1)]
+        st.touched[mm] = {t for t in st.touched[mm] if t[0] != slot}
+        return Op(cpu, "madvise", addr=SLOTS[slot][0], len=SLOTS[slot][1])
+    if kind == "switch":
+        options: list[int | None] = [None] + [m for m in sorted(st.alive) if m != mm]
+        target = options[draw.int(0, len(options) - 1)]
+        st.running[cpu] = target
+        return Op(cpu, "switch", mm=target)
+    if kind == "exit":
+        st.alive.discard(mm)
+        for c in range(len(st.running)):
+            if st.running[c] == mm:
+                st.running[c] = None
+        return Op(cpu, "exit")
+    return None
+
+
+def _map(st: _State, mm: int, slot: int) -> bool:
+    if slot in st.mapped[mm]:
+        return False
+    st.mapped[mm].add(slot)
+    return True
