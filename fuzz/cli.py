@@ -8,7 +8,7 @@ Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -16,8 +16,7 @@ from impls import registry
 from impls.machine.plugin import Ops, PluginError
 
 from . import corpus
-from .report import lockstep_json, lockstep_text
-from .run import run_lockstep
+from .commands import COMMANDS
 
 EXIT_OK, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -83,33 +82,14 @@ def add_plugin_args(p: argparse.ArgumentParser, multi_platform: bool = False) ->
                    help="a platform (flush mechanism) written in one Python file")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    lit = corpus.load(args.file)
-    strategies = resolve_strategies(args.strategy, args.strategy_file)
-    platform = resolve_platform(args.platform, args.platform_file, lit.program.platform)
-    res = run_lockstep(lit.program, strategies, platform)
-    if args.format == "json":
-        print(json.dumps(lockstep_json(res, lit), indent=2))
-    else:
-        print(lockstep_text(res, lit, verbose=not args.quiet))
-    return EXIT_OK if res.ok else EXIT_VIOLATION
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="shootdown",
         description="Fuzzer and differential tester for the ways Linux frees page-table pages.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    p = sub.add_parser("run", help="run a litmus program on strategies in lockstep and print verdicts",
-                       description="Replay a litmus/reproducer YAML file on each chosen strategy "
-                                   "(default: the three built-ins) and print the verdict per strategy.")
-    p.add_argument("file", help="a litmus file (docs/litmus-format.md)")
-    add_plugin_args(p)
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.add_argument("-q", "--quiet", action="store_true", help="verdict lines only")
-    p.set_defaults(func=cmd_run)
+    for name in COMMANDS:
+        importlib.import_module(f"fuzz.commands.{name}").register(sub)
     return ap
 
 
