@@ -3,4 +3,5 @@ that adds its parser and sets ``func``.  Listed in the order ``--help`` shows.""
 
 COMMANDS: list[str] = [
     "run",
+    "explain",
 ]
