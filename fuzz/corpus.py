@@ -44,10 +44,30 @@ class Litmus:
     signature: str = ""
 
     def expected_checks(self, strategy: str) -> list[str] | None:
+        """The checks expected to fire for ``strategy`` (a built-in name or a
+        strategy's NAME when the header names its file), [] for S, None if the
+        header says nothing about it."""
         e = self.expect.get(strategy)
+        if e is None:
+            for key, val in self.expect.items():
+                if key.endswith(".py") and self._file_strategy_name(key) == strategy:
+                    e = val
+                    break
         if e is None:
             return None
         return [] if e == "S" else sorted(e)
+
+    def strategy_files(self) -> list[str]:
+        """Strategy files named in the expect: header, resolved."""
+        return [resolve_expect_key(self, k) for k in self.expect if k.endswith(".py")]
+
+    def _file_strategy_name(self, key: str) -> str | None:
+        from impls import registry
+        from impls.machine.plugin import PluginError
+        try:
+            return registry.strategy(resolve_expect_key(self, key)).name
+        except PluginError:
+            return None
 
 
 # -- locating errors ----------------------------------------------------------------
@@ -278,10 +298,30 @@ def load(path: str | Path) -> Litmus:
         raise CorpusError(f"{path}: not a text file") from None
     lit = parse(text, str(path))
     plat = lit.program.platform
-    if plat.endswith(".py") and not Path(plat).is_absolute():
+    if plat.endswith(".py"):
         # a platform file named in a litmus file is relative to that file
-        lit.program = replace(lit.program, platform=str((p.parent / plat).resolve()))
+        resolved = Path(plat) if Path(plat).is_absolute() else (p.parent / plat).resolve()
+        if not resolved.is_file():
+            line = next((i + 1 for i, ln in enumerate(text.splitlines()) if ln.startswith("platform:")), 1)
+            raise CorpusError(f"{path}:{line}: platform: no such platform file {plat} (looked for {resolved})")
+        lit.program = replace(lit.program, platform=str(resolved))
     return lit
+
+
+def is_litmus(path: str | Path) -> bool:
+    """A YAML file under corpus/ is a litmus program if it declares the
+    format (``shootdown: N``); other YAML there (expected-matrix.yaml) is not."""
+    try:
+        head = Path(path).read_text()[:4096]
+    except OSError:
+        return False
+    return any(line.startswith("shootdown:") for line in head.splitlines())
+
+
+def litmus_files(root: str | Path, include_crashes: bool = False) -> list[Path]:
+    """Every litmus file under ``root``, sorted; unpromoted crashes excluded."""
+    return sorted(p for p in Path(root).rglob("*.yaml")
+                  if is_litmus(p) and (include_crashes or "crashes" not in p.parts))
 
 
 def resolve_expect_key(lit: Litmus, key: str) -> str:

@@ -12,7 +12,7 @@ from fuzz.run import run_lockstep
 from impls import registry
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = sorted(p for p in (ROOT / "corpus").rglob("*.yaml") if "crashes" not in p.parts)
+FILES = corpus.litmus_files(ROOT / "corpus")
 
 
 def test_corpus_is_not_empty():

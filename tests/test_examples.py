@@ -20,7 +20,6 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fuzz import corpus
 from fuzz.envs import ENVIRONMENTS
@@ -258,8 +257,7 @@ def _guide_file(tmp_path, name: str) -> str:
 def test_guide_sync_rcu_matches_full_rcu_on_the_corpus(tmp_path):
     """The text says: on every program of corpus/, the same verdict as full-rcu."""
     sync_rcu = _guide_file(tmp_path, "sync_rcu.py")
-    files = [p for p in sorted((ROOT / "corpus").rglob("*.yaml"))
-             if "crashes" not in p.parts and "shootdown" in (yaml.safe_load(p.read_text()) or {})]
+    files = corpus.litmus_files(ROOT / "corpus")
     assert len(files) >= 8
     for f in files:
         lit = corpus.load(f)

@@ -176,7 +176,7 @@ def test_divergence_names_both_strategies_and_the_observable():
     assert "direct" in d.summary and broken.name in d.summary
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "corpus").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", corpus.litmus_files(ROOT / "corpus"), ids=lambda p: p.name)
 def test_builtins_never_diverge_on_the_corpus(path):
     lit = corpus.load(path)
     strategies = [registry.strategy(n) for n in registry.STRATEGIES]

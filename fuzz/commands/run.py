@@ -9,11 +9,17 @@ from fuzz import corpus
 from fuzz.cli import EXIT_OK, EXIT_VIOLATION, add_plugin_args, resolve_platform, resolve_strategies
 from fuzz.report import lockstep_json, lockstep_text
 from fuzz.run import run_lockstep
+from impls import registry
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     lit = corpus.load(args.file)
-    strategies = resolve_strategies(args.strategy, args.strategy_file)
+    files = args.strategy_file
+    if not args.strategy and not args.strategy_file and lit.strategy_files():
+        # the built-ins, plus the strategy files the file's expect: header names
+        args.strategy = list(registry.STRATEGIES)
+        files = lit.strategy_files()
+    strategies = resolve_strategies(args.strategy, files)
     platform = resolve_platform(args.platform, args.platform_file, lit.program.platform)
     res = run_lockstep(lit.program, strategies, platform)
     if args.format == "json":
