@@ -51,15 +51,19 @@ class RandomDraw:
 
     def __init__(self, rng: random.Random | int) -> None:
         self.rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        # rng._randbelow(n) is what rng.randint()/randrange() draw from, for n > 0
+        self._randbelow = self.rng._randbelow
 
     def int(self, lo: int, hi: int) -> int:
-        return self.rng.randint(lo, hi)
+        if hi < lo:
+            return self.rng.randint(lo, hi)  # raises "empty range"
+        return lo + self._randbelow(hi - lo + 1)  # rng.randint(lo, hi)
 
     def bool(self, p: float) -> bool:
         return self.rng.random() < p
 
     def weighted(self, items):
-        total = sum(w for _, w in items)
+        total = sum([w for _, w in items])
         x = self.rng.random() * total
         for item, w in items:
             x -= w
@@ -200,8 +204,8 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         return Op(cpu, "spec_walk", addr=_page_addr(slot, draw.int(0, PAGES_PER_SLOT - 1)))
     kind = draw.weighted(list(weights.items()))
     mapped = sorted(st.mapped[mm])
-    touched = sorted(st.touched[mm])
     if kind in ("gup_fast", "pte_walk", "kvm_fault", "kvm_access", "iommu_access", "spec_walk"):
+        touched = sorted(st.touched[mm])
         if touched and draw.bool(0.85):
             slot, page = touched[draw.int(0, len(touched) - 1)]
         elif mapped:

@@ -44,7 +44,9 @@ def run_program(program: Program, strategy: Ops, platform: Ops, choices: Choices
     (a crash of the model is a bug to see, never a verdict to hide)."""
     if choices is None:
         choices = Replay(program.schedule)
-    history = Machine(program, strategy, platform, choices, max_steps).run()
+    machine = Machine(program, strategy, platform, choices, max_steps)
+    history = machine.run()
+    machine.release()
     return Run(history, check_history(history))
 
 

@@ -34,15 +34,15 @@ def check_history(history: History) -> Verdict:
         dispatch.setdefault(kind, []).append(fn)
     # the shadow update comes last: checks see the state before the event
     for kind, fn in sh.updaters().items():
-        dispatch.setdefault(kind, []).append(lambda ev, _sh, fn=fn: fn(ev))
+        dispatch.setdefault(kind, []).append(fn)
     table = {k: tuple(v) for k, v in dispatch.items()}
-    final = None
     get = table.get
     for ev in history.events:
         hs = get(ev[2])
         if hs is not None:
             for fn in hs:
                 fn(ev, sh)
+    final = None
     for ev in reversed(history.events):
         if ev.kind == "final":
             final = ev

@@ -81,24 +81,103 @@ def observables(history: History, program: Program) -> dict[str, object] | None:
     return obs
 
 
+class _Touches:
+    """The facts :func:`robust_pages` materialises, queried one page at a time.
+
+    A 2 MiB munmap touches 512 pages, so building ``robust_pages()`` and the
+    ``observables()`` dict costs thousands of entries per history, while only
+    the pages mapped in one history and not in the other can differ.  This
+    keeps, per mm, the page ranges each CPU's mutating operations cover (with
+    the same rules as robust_pages(): the mm derived from the ``switch``
+    operations, huge ranges ignored) and answers ``robust(mm, va)`` on demand.
+    """
+
+    def __init__(self, program: Program) -> None:
+        self.spans: dict[int, list[tuple[int, int, int]]] = {}  # mm -> (start, stop, cpu)
+        for cpu in range(program.cpus):
+            mm = program.start_of(cpu)
+            for op in program.ops_of(cpu):
+                if op.kind == "switch":
+                    mm = op.mm
+                    continue
+                if mm is None:
+                    continue
+                if op.kind in _MUTATING_RANGE:
+                    start, stop = op.addr, op.addr + op.len
+                    if len(range(start, stop, PAGE_SIZE)) > 4096:
+                        continue  # MODEL: as in robust_pages()
+                elif op.kind in _MUTATING_PAGE:
+                    start = op.addr & ~(PAGE_SIZE - 1)
+                    stop = start + 1
+                else:
+                    continue
+                self.spans.setdefault(mm, []).append((start, stop, cpu))
+
+    def robust(self, mm: int, va: int) -> bool:
+        """``robust_pages(program).get((mm, va), False)``."""
+        cpus = {cpu for start, stop, cpu in self.spans.get(mm, ())
+                if start <= va < stop and (va - start) % PAGE_SIZE == 0}
+        return len(cpus) == 1
+
+
+def _differences(bh: History, h: History, touches: _Touches, program: Program,
+                 exits_compared: bool) -> list[tuple[str, object, object]] | None:
+    """The keys on which ``observables()`` of ``bh`` and ``h`` differ, with both
+    values, in key order; None if either has no ``final`` event.  Only pages in
+    the symmetric difference of the two mappings are looked at."""
+    bf, f = _final(bh), _final(h)
+    if bf is None or f is None:
+        return None
+    bmms, mms = bf.a["mms"], f.a["mms"]
+    if [m["id"] for m in bmms] != [m["id"] for m in mms]:
+        # not two runs of the same program: compare the full observables
+        bobs, obs = observables(bh, program), observables(h, program)
+        return [(k, bobs.get(k), obs.get(k)) for k in sorted(set(bobs) | set(obs))
+                if bobs.get(k) != obs.get(k)]
+    out: list[tuple[str, object, object]] = []
+    for bmm, mm in zip(bmms, mms, strict=True):
+        mmid = mm["id"]
+        bmapped = {va for va, _ in bmm["mapping"]}
+        mapped = {va for va, _ in mm["mapping"]}
+        for va in bmapped ^ mapped:
+            if touches.robust(mmid, va):
+                out.append((f"mm{mmid} {va:#x} mapped", va in bmapped, va in mapped))
+        if exits_compared and bmm["exited"] != mm["exited"]:
+            out.append((f"mm{mmid} exited", bmm["exited"], mm["exited"]))
+    bleaked, leaked = _leaked(bf), _leaked(f)
+    if bleaked != leaked:
+        out.append(("leaked pages", bleaked, leaked))
+    out.sort(key=lambda d: d[0])
+    return out
+
+
+def _final(history: History) -> Event | None:
+    return next((e for e in reversed(history.events) if e.kind == "final"), None)
+
+
+def _leaked(final: Event) -> int:
+    all_mapped = {pg for mm in final.a["mms"] for _, pg in mm["mapping"]}
+    return sum(1 for f in final.a["frames"] if f[2] == DATA and (f[0], f[1]) not in all_mapped)
+
+
 def compare(histories: list[History], program: Program) -> list[Violation]:
-    """Pairwise comparison against the first strategy that reached quiescence."""
+    """Pairwise comparison against the first strategy that reached quiescence:
+    every key on which the two ``observables()`` differ, in key order."""
     out: list[Violation] = []
+    touches = _Touches(program)
+    exits = {cpu for cpu in range(program.cpus) for op in program.ops_of(cpu) if op.kind == "exit"}
     base = None
     for h in histories:
-        obs = observables(h, program)
-        if obs is None:
+        if _final(h) is None:
             continue
         if base is None:
-            base = (h, obs)
+            base = h
             continue
-        bh, bobs = base
-        for key in sorted(set(bobs) | set(obs)):
-            if bobs.get(key) != obs.get(key):
-                out.append(Violation(
-                    "divergence", h.strategy,
-                    f"{bh.strategy} and {h.strategy} disagree on '{key}': "
-                    f"{bobs.get(key)} vs {obs.get(key)}",
-                    (), {"observable": key, "strategies": (bh.strategy, h.strategy),
-                         "values": (bobs.get(key), obs.get(key))}))
+        bh = base
+        for key, bval, val in _differences(bh, h, touches, program, len(exits) <= 1) or ():
+            out.append(Violation(
+                "divergence", h.strategy,
+                f"{bh.strategy} and {h.strategy} disagree on '{key}': {bval} vs {val}",
+                (), {"observable": key, "strategies": (bh.strategy, h.strategy),
+                     "values": (bval, val)}))
     return out

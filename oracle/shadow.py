@@ -52,7 +52,14 @@ class Shadow:
         self.fills: dict[tuple[int, int, int], Event] = {}   # (agent, pfn, gen) -> last fill
         self.last_op: dict[int, Event] = {}
         self.boot: Event | None = None
-        self._apply = {
+
+    def updaters(self) -> dict:
+        """Event kind -> bound update method; each takes the event (and, to
+        share the checks' ``handler(ev, shadow)`` calling convention, ignores
+        a second argument).  Built on demand rather than kept on the instance:
+        a dict of bound methods on ``self`` would make every shadow a reference
+        cycle, left to the cycle collector."""
+        return {
             "boot": self._boot, "alloc": self._alloc, "free": self._free,
             "entry_write": self._entry_write, "tlb_fill": self._tlb_fill,
             "psc_fill": self._psc_fill, "tlb_inv": self._tlb_inv,
@@ -63,11 +70,8 @@ class Shadow:
             "spte_zap": self._spte_zap, "op_begin": self._op_begin, "thread_killed": self._killed,
         }
 
-    def updaters(self) -> dict:
-        return dict(self._apply)
-
     def apply(self, ev: Event) -> None:
-        fn = self._apply.get(ev.kind)
+        fn = self.updaters().get(ev.kind)
         if fn is not None:
             fn(ev)
 
@@ -106,10 +110,10 @@ class Shadow:
         return base, base + TABLE_SPAN[lvl]
 
     # -- updates -------------------------------------------------------------------
-    def _boot(self, ev: Event) -> None:
+    def _boot(self, ev: Event, _sh: object = None) -> None:
         self.boot = ev
 
-    def _alloc(self, ev: Event) -> None:
+    def _alloc(self, ev: Event, _sh: object = None) -> None:
         a = ev.a
         pfn = a["pfn"]
         self.gen[pfn] = a["gen"]
@@ -122,12 +126,12 @@ class Shadow:
         if a["state"] == TABLE and a["level"] == 4:
             self.pgd_of_mm[a["mm"]] = pfn
 
-    def _free(self, ev: Event) -> None:
+    def _free(self, ev: Event, _sh: object = None) -> None:
         pfn = ev.a["pfn"]
         self.state[pfn] = FREE
         self.frees[(pfn, ev.a["gen"])] = ev
 
-    def _entry_write(self, ev: Event) -> None:
+    def _entry_write(self, ev: Event, _sh: object = None) -> None:
         a = ev.a
         pfn, idx, old, new = a["pfn"], a["idx"], a["old"], a["new"]
         table = self.entries.setdefault(pfn, {})
@@ -143,18 +147,18 @@ class Shadow:
             else:
                 self.pte_clears[key] = ev
 
-    def _tlb_fill(self, ev: Event) -> None:
+    def _tlb_fill(self, ev: Event, _sh: object = None) -> None:
         a = ev.a
         self.tlb.setdefault(ev.cpu, {})[a["va"] >> PAGE_SHIFT] = (a["pfn"], a["gen"], ev.seq)
         self.fills[(ev.cpu, a["pfn"], a["gen"])] = ev
 
-    def _psc_fill(self, ev: Event) -> None:
+    def _psc_fill(self, ev: Event, _sh: object = None) -> None:
         a = ev.a
         shift = LEVEL_SHIFT[a["level"] + 1]
         self.psc.setdefault(ev.cpu, {})[(a["level"], a["prefix"] >> shift)] = (a["pfn"], a["gen"], ev.seq)
         self.fills[(ev.cpu, a["pfn"], a["gen"])] = ev
 
-    def _tlb_inv(self, ev: Event) -> None:
+    def _tlb_inv(self, ev: Event, _sh: object = None) -> None:
         a = ev.a
         tlb = self.tlb.get(ev.cpu, {})
         psc = self.psc.get(ev.cpu, {})
@@ -168,14 +172,14 @@ class Shadow:
                     psc.pop((lvl, addr >> shift), None)
             addr += step
 
-    def _tlb_inv_all(self, ev: Event) -> None:
+    def _tlb_inv_all(self, ev: Event, _sh: object = None) -> None:
         self.tlb.pop(ev.cpu, None)
         self.psc.pop(ev.cpu, None)
 
-    def _tlb_inv_leaf_all(self, ev: Event) -> None:
+    def _tlb_inv_leaf_all(self, ev: Event, _sh: object = None) -> None:
         self.tlb.pop(ev.cpu, None)
 
-    def _tlb_inv_span(self, ev: Event) -> None:
+    def _tlb_inv_span(self, ev: Event, _sh: object = None) -> None:
         start, end = ev.a["start"], ev.a["end"]
         tlb = self.tlb.get(ev.cpu, {})
         for vpn in [v for v in tlb if start <= v << PAGE_SHIFT < end]:
@@ -188,31 +192,31 @@ class Shadow:
             if lo < end and start < lo + (1 << shift):
                 del psc[key]
 
-    def _cr3_load(self, ev: Event) -> None:
+    def _cr3_load(self, ev: Event, _sh: object = None) -> None:
         self.hw_pgd[ev.cpu] = ev.a["pfn"]
 
-    def _switch_mm(self, ev: Event) -> None:
+    def _switch_mm(self, ev: Event, _sh: object = None) -> None:
         self.lazy[ev.cpu] = bool(ev.a["lazy"])
 
-    def _context_switch(self, ev: Event) -> None:
+    def _context_switch(self, ev: Event, _sh: object = None) -> None:
         self.current[ev.cpu] = ev.a["to"]
 
-    def _killed(self, ev: Event) -> None:
+    def _killed(self, ev: Event, _sh: object = None) -> None:
         self.current[ev.cpu] = -1
 
-    def _irq_off(self, ev: Event) -> None:
+    def _irq_off(self, ev: Event, _sh: object = None) -> None:
         self.irq_off[ev.cpu] = self.irq_off.get(ev.cpu, 0) + 1
 
-    def _irq_on(self, ev: Event) -> None:
+    def _irq_on(self, ev: Event, _sh: object = None) -> None:
         self.irq_off[ev.cpu] = self.irq_off.get(ev.cpu, 0) - 1
 
-    def _spte_install(self, ev: Event) -> None:
+    def _spte_install(self, ev: Event, _sh: object = None) -> None:
         self.sptes.setdefault(ev.a["mm"], {})[ev.a["gfn"] >> PAGE_SHIFT] = (ev.a["pfn"], ev.a["gen"], ev.seq)
 
-    def _spte_zap(self, ev: Event) -> None:
+    def _spte_zap(self, ev: Event, _sh: object = None) -> None:
         self.sptes.get(ev.a["mm"], {}).pop(ev.a["gfn"] >> PAGE_SHIFT, None)
 
-    def _op_begin(self, ev: Event) -> None:
+    def _op_begin(self, ev: Event, _sh: object = None) -> None:
         self.last_op[ev.cpu] = ev
 
     def data_page(self, pfn: int) -> bool:

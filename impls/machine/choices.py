@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 
 #: agent id of the RCU grace-period kthread / callback (softirq) agent
 RCU = -1
@@ -79,6 +80,22 @@ class Schedule:
         return max(0, len(self.sched) - 1)
 
 
+_entries: dict[tuple[int, int], SchedEntry] = {}
+
+
+def _sched_entry(agent: int, steps: int) -> SchedEntry:
+    """``SchedEntry(agent, steps)``, shared: entries are immutable values, and
+    a recorded schedule is a few dozen short runs of a few agents, so the
+    same ones come back in every run (a frozen dataclass is slow to build)."""
+    key = (agent, steps)
+    e = _entries.get(key)
+    if e is None:
+        e = SchedEntry(agent, steps)
+        if steps <= 64 and len(_entries) < 4096:
+            _entries[key] = e
+    return e
+
+
 class Choices:
     """Base class of choice sources: records every decision it hands out.
 
@@ -100,7 +117,10 @@ class Choices:
 
     def flip(self, label: str) -> bool:
         value = self._flip(label)
-        self.trace_flips.setdefault(label, []).append(value)
+        trace = self.trace_flips.get(label)
+        if trace is None:
+            trace = self.trace_flips[label] = []
+        trace.append(value)
         return value
 
     # -- to implement ---------------------------------------------------------
@@ -113,12 +133,7 @@ class Choices:
     # -- recording -------------------------------------------------------------
     def recorded(self) -> Schedule:
         """The decisions handed out so far, as a replayable :class:`Schedule`."""
-        entries: list[SchedEntry] = []
-        for agent in self.trace_sched:
-            if entries and entries[-1].agent == agent:
-                entries[-1] = SchedEntry(agent, entries[-1].steps + 1)
-            else:
-                entries.append(SchedEntry(agent, 1))
+        entries = [_sched_entry(agent, len(list(run))) for agent, run in groupby(self.trace_sched)]
         flips = tuple(
             (label, tuple(values))
             for label, values in sorted(self.trace_flips.items())
@@ -220,6 +235,9 @@ class RandomChoices(Choices):
                  switch_p: float = 0.5) -> None:
         super().__init__()
         self._rng = random.Random(seed)
+        # rng._randbelow(n) is what rng.randrange(n) returns for n > 0, without
+        # randrange()'s argument checks (this runs once per scheduler step)
+        self._randbelow = self._rng._randbelow
         self._biases = dict(DEFAULT_BIASES if biases is None else biases)
         # probability of switching away from the agent that ran last; runs of
         # consecutive steps make it likelier that a whole critical section
@@ -227,10 +245,9 @@ class RandomChoices(Choices):
         self._switch_p = switch_p
 
     def _pick(self, runnable: Sequence[int], last: int | None) -> int:
-        rng = self._rng
-        if last is not None and last in runnable and rng.random() >= self._switch_p:
+        if last is not None and last in runnable and self._rng.random() >= self._switch_p:
             return last
-        return runnable[rng.randrange(len(runnable))]
+        return runnable[self._randbelow(len(runnable))]
 
     def _flip(self, label: str) -> bool:
         p = self._biases.get(label, 0.0)

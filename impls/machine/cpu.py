@@ -135,7 +135,7 @@ class Cpu:
 # -- include/linux/irqflags.h, preempt.h, rcupdate.h -------------------------
 
 def _enter_reader(cpu: Cpu) -> None:
-    if not cpu.in_reader():
+    if not (cpu.irq_off > 0 or cpu.rcu_nesting > 0 or cpu.preempt_count > 0):  # not cpu.in_reader()
         cpu.rcu_sid += 1
 
 

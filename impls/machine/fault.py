@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from .cpu import Cpu, Step, down_read, up_read
+from .memory import handle_mm_fault
 from .page_alloc import DATA, FREE
 from .pgtable import PAGE_SHIFT, PAGE_SIZE
 from .tlb import hw_walk
@@ -42,7 +43,6 @@ def access(cpu: Cpu, op) -> Step:
         if mm.find_vma(addr) is None:
             up_read(cpu, mm.mmap_lock)
             return "SIGSEGV"
-        from .memory import handle_mm_fault
         res = yield from handle_mm_fault(cpu, mm, addr, op.write)
         up_read(cpu, mm.mmap_lock)
         m.h.emit(cpu.id, "fault_done", addr=addr, result=res)
@@ -56,7 +56,6 @@ def populate(cpu: Cpu, op) -> Step:
     mm = cpu.current_mm
     if mm is None:
         return "skipped: kernel thread"
-    from .memory import handle_mm_fault
     n = 0
     for addr in range(op.addr, op.addr + op.len, PAGE_SIZE):
         yield from down_read(cpu, mm.mmap_lock)

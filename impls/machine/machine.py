@@ -99,18 +99,19 @@ class Machine:
             val = garbage_entry(f.pfn, f.gen, idx)
         else:
             val = 0
-        self.h.emit(cpu.id, "sw_read", pfn=f.pfn, gen=gen, idx=idx, val=val, who=who)
+        self.h.emit_attrs(cpu.id, "sw_read", {"pfn": f.pfn, "gen": gen, "idx": idx, "val": val, "who": who})
         return val
 
     def sw_touch(self, cpu: Cpu, f: Frame, gen: int, what: str) -> None:
         """A software access to a table page other than an entry load (its
         split PTL, a full rescan)."""
-        self.h.emit(cpu.id, "sw_touch", pfn=f.pfn, gen=gen, what=what)
+        self.h.emit_attrs(cpu.id, "sw_touch", {"pfn": f.pfn, "gen": gen, "what": what})
 
     def sw_write(self, cpu: Cpu, f: Frame, gen: int, idx: int, val: int, why: str) -> None:
         """A store to entry ``idx`` of table ``f`` (believed generation ``gen``)."""
         old = f.entries.get(idx, 0) if f.state in (TABLE, FREE) else 0
-        self.h.emit(cpu.id, "entry_write", pfn=f.pfn, gen=gen, idx=idx, old=old, new=val, why=why)
+        self.h.emit_attrs(cpu.id, "entry_write",
+                          {"pfn": f.pfn, "gen": gen, "idx": idx, "old": old, "new": val, "why": why})
         if f.state in (TABLE, FREE):
             if val:
                 f.entries[idx] = val
@@ -170,19 +171,22 @@ class Machine:
             cpu.op_index = i
             if op.kind not in ("switch", "exit"):
                 cpu.op_mm = cpu.current_mm
-            h.emit(cpu.id, "op_begin", op=i, name=op.kind, desc=_describe(op))
+            h.emit_attrs(cpu.id, "op_begin", {"op": i, "name": op.kind, "desc": _describe(op)})
             res = yield from OPS[op.kind](cpu, op)
             cpu.op_mm = None
-            h.emit(cpu.id, "op_end", op=i, name=op.kind, result=res)
+            h.emit_attrs(cpu.id, "op_end", {"op": i, "name": op.kind, "result": res})
             yield "op_end"
 
     def _runnable(self) -> list[int]:
+        """The agents that can take a step, CPUs in order, then RCU."""
         r = []
         for c in self.cpus:
             if c.ipi and not c.irq_off:
                 r.append(c.id)
-            elif c.gen is not None and (c.wait is None or c.wait()):
-                r.append(c.id)
+            elif c.gen is not None:
+                wait = c.wait
+                if wait is None or wait():
+                    r.append(c.id)
         if self.rcu.runnable():
             r.append(RCU)
         return r
@@ -192,15 +196,17 @@ class Machine:
             self.rcu.step()
             return
         c = self.cpus[agent]
-        if self.P.on_step is not None:
-            self.P.on_step(c)
+        on_step = self.P.on_step
+        if on_step is not None:
+            on_step(c)
+        gen = c.gen
         if c.ipi and not c.irq_off:
-            can_run = c.gen is not None and (c.wait is None or c.wait())
+            can_run = gen is not None and (c.wait is None or c.wait())
             if not can_run or not choices.flip("irq.defer"):
                 deliver_ipi(c)
                 return
         try:
-            c.label = next(c.gen)  # type: ignore[arg-type]
+            c.label = next(gen)  # type: ignore[arg-type]
         except StopIteration:
             c.gen = None
             c.done = True
@@ -209,12 +215,17 @@ class Machine:
     def _run_phase(self, choices: Choices, phase: str) -> bool:
         """Run until no agent can move.  False if the run must stop (deadlock
         or step limit), which is recorded in the history."""
-        choices.last_label = lambda a: self.cpus[a].label if a >= 0 else None
+        cpus = self.cpus
+        choices.last_label = lambda a: cpus[a].label if a >= 0 else None
+        runnable_agents = self._runnable
+        pick = choices.pick
+        step = self._step
+        max_steps = self.max_steps
         last: int | None = None
         while True:
-            runnable = self._runnable()
+            runnable = runnable_agents()
             if not runnable:
-                stuck = [c for c in self.cpus if c.gen is not None]
+                stuck = [c for c in cpus if c.gen is not None]
                 if stuck:
                     self.h.emit(HW, "deadlock", phase=phase,
                                 cpus=tuple((c.id, c.label) for c in stuck))
@@ -224,13 +235,13 @@ class Machine:
                     self.P.quiesce(self)
                     continue
                 return True
-            agent = choices.pick(runnable, last)
-            self._step(agent, choices)
+            agent = pick(runnable, last)
+            step(agent, choices)
             last = agent
-            self.steps += 1
-            if self.steps > self.max_steps:
+            self.steps = steps = self.steps + 1
+            if steps > max_steps:
                 self.h.emit(HW, "step_limit", phase=phase, steps=self.steps,
-                            cpus=tuple((c.id, c.label) for c in self.cpus if c.gen is not None))
+                            cpus=tuple((c.id, c.label) for c in cpus if c.gen is not None))
                 self.outcome = "step_limit"
                 return False
 
@@ -245,8 +256,12 @@ class Machine:
             if not self._run_phase(setup_choices, "setup"):
                 return self._finish()
         h.emit(HW, "phase", name="concurrent")
+        ops_of: dict[int, list[tuple[int, Op]]] = {c.id: [] for c in self.cpus}
+        for i, op in enumerate(self.program.ops):
+            if op.cpu in ops_of:
+                ops_of[op.cpu].append((i, op))
         for c in self.cpus:
-            ops = [(i, op) for i, op in enumerate(self.program.ops) if op.cpu == c.id]
+            ops = ops_of[c.id]
             c.gen = self._cpu_main(c, ops) if ops else None
             c.done = not ops
         if self._run_phase(self.choices, "concurrent"):
@@ -254,6 +269,19 @@ class Machine:
                 self.P.quiesce(self)
             self.outcome = "quiescent"
         return self._finish()
+
+    def release(self) -> None:
+        """Let go of the machine after a run: every CPU and the RCU agent point
+        back at the machine, so without this a finished machine (and its
+        history) is freed only by the cycle collector, which a fuzz loop
+        running thousands of machines pays for.  The history stays valid; the
+        machine cannot run kernel code any more."""
+        for c in (*self.cpus, self.rcu_cpu):
+            c.m = None  # type: ignore[assignment]
+            c.gen = None
+            c.wait = None
+        self.rcu.m = None  # type: ignore[assignment]
+        self.choices.last_label = lambda agent: None
 
     def _finish(self) -> History:
         h = self.h

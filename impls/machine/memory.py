@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from .cpu import Cpu, Mm, Step, spin_lock, spin_unlock
 from .mmu_gather import tlb_flush_pte_range
+from .mmu_notifier import mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start
 from .page_alloc import DATA, TABLE, Frame
 from .paravirt import arch_enter_lazy_mmu_mode, arch_leave_lazy_mmu_mode, paravirt_alloc
 from .pgtable import (
@@ -42,8 +43,9 @@ from .pgtable import (
     mk_pte,
     mk_table,
 )
-from .pgtable_generic import Ptr, __pte_offset_map_lock, child_of, pte_unmap_unlock
+from .pgtable_generic import Ptr, __pte_offset_map_lock, child_of, pte_unmap_unlock, walk_to_pmd
 from .pt_reclaim import free_pte, reclaim_pt_is_enabled, try_get_and_clear_pmd, try_to_free_pte
+from .tlb import read_table_memory
 
 if TYPE_CHECKING:
     from .mmu_gather import MmuGather
@@ -157,7 +159,6 @@ def next_present(table: Frame, gen: int, lo: int, hi: int, m, cpu: Cpu, who: str
     ``pte_none()`` skip loop of do_zap_pte_range() finds).  The scan is one
     software access to the table."""
     m.sw_touch(cpu, table, gen, who)
-    from .tlb import read_table_memory
     best = None
     for i in table.entries:
         if lo <= i < hi and read_table_memory(table, i) and (best is None or i < best):
@@ -265,7 +266,6 @@ def unmap_page_range(tlb: MmuGather, addr: int, end: int, details: ZapDetails) -
 
 
 def _locate_pmd(cpu: Cpu, mm: Mm, addr: int, who: str) -> Ptr | None:
-    from .pgtable_generic import walk_to_pmd
     return walk_to_pmd(cpu, mm, addr, who)
 
 
@@ -274,7 +274,6 @@ def unmap_vmas(tlb: MmuGather, ranges: list[tuple[int, int]], start: int, end: i
     """mm/memory.c: unmap_vmas() / zap_page_range_single_batched():
     ``mmu_notifier_invalidate_range_start()`` before any PTE is cleared,
     ``_end()`` after all are (and before the final flush)."""
-    from .mmu_notifier import mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start
     cpu = tlb.cpu
     mm = tlb.mm
     yield from mmu_notifier_invalidate_range_start(cpu, mm, start, end, event)

@@ -80,8 +80,9 @@ class Frames:
         return self.frames[pfn]
 
     def get(self, pfn: int) -> Frame | None:
-        if 0 <= pfn < len(self.frames):
-            return self.frames[pfn]
+        frames = self.frames
+        if 0 <= pfn < len(frames):
+            return frames[pfn]
         return None
 
     def alloc(self, cpu: int, state: int, level: int = 0, mm: int = -1, va: int = 0) -> Frame:
@@ -102,7 +103,8 @@ class Frames:
         f.data = 0
         f.owner_va = va
         f.ptl = SpinLock("ptl", f, f.gen) if state == TABLE else None
-        self.h.emit(cpu, "alloc", pfn=f.pfn, gen=f.gen, state=state, level=level, mm=mm, va=va)
+        self.h.emit_attrs(cpu, "alloc",
+                          {"pfn": f.pfn, "gen": f.gen, "state": state, "level": level, "mm": mm, "va": va})
         return f
 
     def free(self, cpu: int, f: Frame, via: str) -> None:
@@ -111,9 +113,10 @@ class Frames:
         if f.state == FREE:
             self.h.emit(cpu, "double_free", pfn=f.pfn, gen=f.gen, via=via)
             return
-        self.h.emit(cpu, "free", pfn=f.pfn, gen=f.gen, state=f.state, level=f.level,
-                    via=via, pinned=f.pinned, xen_pinned=f.xen_pinned, ro=f.ro,
-                    live=sum(1 for v in f.entries.values() if v) if f.state == TABLE else 0)
+        self.h.emit_attrs(cpu, "free", {
+            "pfn": f.pfn, "gen": f.gen, "state": f.state, "level": f.level, "via": via,
+            "pinned": f.pinned, "xen_pinned": f.xen_pinned, "ro": f.ro,
+            "live": sum(1 for v in f.entries.values() if v) if f.state == TABLE else 0})
         f.state = FREE
         f.refcount = 0
         f.mapcount = 0

@@ -44,9 +44,12 @@ _PAGE_TABLE = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIR
 _PAGE_FLAGS = 0xFFF
 
 
+_INDEX_MASK = PTRS_PER_TABLE - 1
+
+
 def index(level: int, va: int) -> int:
     """pte_index()/pmd_index()/pud_index()/pgd_index()."""
-    return (va >> LEVEL_SHIFT[level]) & (PTRS_PER_TABLE - 1)
+    return (va >> LEVEL_SHIFT[level]) & _INDEX_MASK
 
 
 def table_base(level: int, va: int) -> int:

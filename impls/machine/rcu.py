@@ -66,8 +66,11 @@ class Rcu:
     def runnable(self) -> bool:
         if self.ready:
             return True
-        if self.active:
-            return all(self._blocker_done(c, s) for c, s in self.blockers)
+        if self.active:  # the grace period can end once every blocker is done
+            for c, s in self.blockers:
+                if not self._blocker_done(c, s):
+                    return False
+            return True
         return bool(self.waiting) or self.requested > self.completed
 
     def step(self) -> None:

@@ -86,7 +86,8 @@ def hw_walk(cpu: Cpu, agent: int, tlb: dict, psc: dict, root_pfn: int, root_gen:
             return None
         idx = index(level, va)
         val = read_table_memory(f, idx)
-        h.emit(agent, "hw_read", pfn=pfn, gen=gen, level=level, idx=idx, val=val, va=va, via=via)
+        h.emit_attrs(agent, "hw_read",
+                     {"pfn": pfn, "gen": gen, "level": level, "idx": idx, "val": val, "va": va, "via": via})
         if not entry_present(val):
             return None
         child = entry_pfn(val)
@@ -97,14 +98,15 @@ def hw_walk(cpu: Cpu, agent: int, tlb: dict, psc: dict, root_pfn: int, root_gen:
             # a 4 KiB leaf
             rw = entry_writable(val)
             tlb[va >> PAGE_SHIFT] = (child, cf.gen, rw)
-            h.emit(agent, "tlb_fill", va=va & ~0xFFF, pfn=child, gen=cf.gen, rw=rw, via=via)
+            h.emit_attrs(agent, "tlb_fill", {"va": va & ~0xFFF, "pfn": child, "gen": cf.gen, "rw": rw, "via": via})
             return (child, cf.gen, rw)
         if not is_table_entry(val):
             return None
         level -= 1
         psc[(level, va >> LEVEL_SHIFT[level + 1])] = (child, cf.gen)
-        h.emit(agent, "psc_fill", level=level, prefix=va >> LEVEL_SHIFT[level + 1] << LEVEL_SHIFT[level + 1],
-               pfn=child, gen=cf.gen, via=via)
+        h.emit_attrs(agent, "psc_fill", {"level": level,
+                                         "prefix": va >> LEVEL_SHIFT[level + 1] << LEVEL_SHIFT[level + 1],
+                                         "pfn": child, "gen": cf.gen, "via": via})
         pfn, gen = child, cf.gen
 
 
