@@ -38,6 +38,9 @@ def context_switch(cpu: Cpu, next_mm: Mm | None) -> Step:
             drop = prev_active  # rq->prev_mm: mmdrop_lazy_tlb() in finish_task_switch()
         cpu.active_mm = next_mm
     cpu.current_mm = next_mm
+    # the switch is now part of the next task's run: an exit of next_mm must
+    # wait for it (exit_mmap() only runs once that task has run do_exit())
+    cpu.op_mm = next_mm
     m.h.emit(cpu.id, "context_switch", to=-1 if next_mm is None else next_mm.id)
     yield "context_switch:switched"
     # finish_task_switch()
