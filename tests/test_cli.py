@@ -107,3 +107,34 @@ def test_strategy_file_syntax_error(capsys, tmp_path):
     f.write_text('NAME = "x"\ndef pte_free_tlb(:\n')
     code, _, err = run(capsys, "run", EXAMPLE_A, "--strategy-file", str(f))
     assert code == 2 and "syntax error" in err and "broken.py:2" in err
+
+
+def test_unreached_until_label_is_warned(capsys, tmp_path):
+    src = Path(EXAMPLE_A).read_text().replace('until: "gup_fast:pmd_read"', 'until: "gupfast:pmd_read"')
+    f = tmp_path / "typo.yaml"
+    f.write_text(src)
+    code, out, err = run(capsys, "run", str(f), "-q")
+    assert "warning" in err and "'gupfast:pmd_read'" in err and "never reached" in err
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ('def pte_free_tlb(tlb, p, a):\n    yield\ndef pmd_free_tlb(tlb, p, a):\n    yield\n'
+     'def pud_free_tlb(tlb, p, a):\n    yield\ndef tlb_flush_mmu(tlb):\n    yield\n'
+     'def tlb_finsh_mmu(tlb):\n    yield\n', "tlb_finsh_mmu() is not a strategy hook; did you mean tlb_finish_mmu()?"),
+    ('def pte_free_tlb(tlb, p, a):\n    yield\ndef pmd_free_tlb(tlb, p, a):\n    yield\n'
+     'def pud_free_tlb(tlb, p, a):\n    yield\ndef tlb_flush_mmu(tlb):\n    yield\n'
+     'def tlb_gather_mmu(tlb):\n    yield\n', "tlb_gather_mmu() must be a plain function"),
+])
+def test_strategy_file_mistakes_are_caught(capsys, tmp_path, body, fragment):
+    f = tmp_path / "s.py"
+    f.write_text('NAME = "s"\n' + body)
+    code, _, err = run(capsys, "run", EXAMPLE_A, "--strategy-file", str(f))
+    assert code == 2 and fragment in err
+
+
+def test_half_broadcast_platform_is_rejected(capsys, tmp_path):
+    f = tmp_path / "p.py"
+    f.write_text('NAME = "p"\ndef flush_tlb_multi(cpu, mask, info):\n    yield\n'
+                 'def mm_global_asid(mm):\n    return True\n')
+    code, _, err = run(capsys, "run", EXAMPLE_A, "--platform-file", str(f))
+    assert code == 2 and "both mm_global_asid() and broadcast_tlb_flush()" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from fuzz import corpus
 from fuzz.cli import EXIT_OK, EXIT_VIOLATION, add_plugin_args, resolve_platform, resolve_strategies
@@ -22,6 +23,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     strategies = resolve_strategies(args.strategy, files)
     platform = resolve_platform(args.platform, args.platform_file, lit.program.platform)
     res = run_lockstep(lit.program, strategies, platform)
+    warned: set[tuple] = set()
+    for r in res.runs:
+        for i, agent, label in r.history.meta.get("unreached_labels", ()):
+            if (i, label) not in warned:
+                warned.add((i, label))
+                print(f"shootdown: warning: {args.file}: schedule entry {i} waits for CPU{agent} to reach "
+                      f"{label!r}, which it never reached on {r.verdict.strategy} (a typo? see "
+                      "docs/litmus-format.md for the labels)", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(lockstep_json(res, lit), indent=2))
     else:

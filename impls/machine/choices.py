@@ -167,20 +167,30 @@ class Replay(Choices):
         self._flip_pos: dict[str, int] = {}
         #: explicit entries that could not be honoured (agent not runnable)
         self.skipped = 0
+        self._stepped = False  # the current `until` entry has stepped its agent
+        #: preemption-point labels each agent reached (to report `until` typos)
+        self.seen: dict[int, set[str]] = {}
 
     def _advance(self) -> None:
         self._pos += 1
+        self._stepped = False
         if self._pos < len(self._entries):
             self._left = self._entries[self._pos].steps
 
     def _pick(self, runnable: Sequence[int], last: int | None) -> int:
+        if last is not None and self._entries:
+            label = self.last_label(last)
+            if label is not None:
+                self.seen.setdefault(last, set()).add(label)
         while self._pos < len(self._entries):
             entry = self._entries[self._pos]
             if entry.until is not None:
-                if last == entry.agent and self.last_label(entry.agent) == entry.until:
+                # done once the agent, having stepped under this entry, sits at the label
+                if self._stepped and last == entry.agent and self.last_label(entry.agent) == entry.until:
                     self._advance()
                     continue
                 if entry.agent in runnable:
+                    self._stepped = True
                     return entry.agent
                 self.skipped += 1
                 self._advance()
@@ -196,6 +206,12 @@ class Replay(Choices):
             self.skipped += 1
             self._advance()
         return default_pick(runnable, last)
+
+    def unreached_labels(self) -> list[tuple[int, int, str]]:
+        """(entry index, agent, label) of `until` entries whose label the agent
+        never reached in the whole run: most likely a typo in a litmus file."""
+        return [(i, e.agent, e.until) for i, e in enumerate(self._entries)
+                if e.until is not None and e.until not in self.seen.get(e.agent, set())]
 
     def _flip(self, label: str) -> bool:
         values = self._flips.get(label)

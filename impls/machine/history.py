@@ -31,7 +31,7 @@ class Event(NamedTuple):
             raise AttributeError(name) from None
 
     def brief(self) -> str:
-        who = {-1: "rcu", -2: "hw"}.get(self.cpu, f"cpu{self.cpu}")
+        who = {-1: "rcu", -2: "hw", -3: "iommu"}.get(self.cpu, f"cpu{self.cpu}")
         args = " ".join(f"{k}={_fmt(v)}" for k, v in self.a.items())
         return f"#{self.seq} {who} {self.kind} {args}".rstrip()
 

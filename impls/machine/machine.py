@@ -288,6 +288,9 @@ class Machine:
         h.meta["outcome"] = self.outcome
         h.meta["steps"] = self.steps
         h.meta["schedule"] = self.choices.recorded()
+        unreached = getattr(self.choices, "unreached_labels", None)
+        if unreached is not None:
+            h.meta["unreached_labels"] = unreached()
         if self.outcome == "quiescent":
             h.emit(HW, "final", **self.snapshot())
         return h
@@ -307,7 +310,7 @@ class Machine:
                 "nr_ptes": mm.nr_ptes, "nr_pmds": mm.nr_pmds, "nr_puds": mm.nr_puds,
                 "vmas": tuple((v.start, v.end) for v in mm.vmas),
                 "mapping": tuple(sorted(mapping.items())), "tables": tuple(sorted(tables)),
-                "pinned": bool(mm.pv.get("pinned")),
+                "pinned": bool(mm.pgd.pinned or mm.pgd.xen_pinned) if not mm.freed else False,
                 "sptes": tuple(sorted(mm.kvm.sptes.items())) if mm.kvm else (),
             })
         live = tuple(

@@ -26,6 +26,7 @@ from .tlbflush import TLB_FLUSH_ALL, flush_tlb_mm_range
 if TYPE_CHECKING:
     from .machine import Machine
 
+ULONG_MAX = (1 << 64) - 1
 MMU_GATHER_BUNDLE = 8
 #: (PAGE_SIZE - sizeof(struct mmu_gather_batch)) / sizeof(void *) on x86-64
 MAX_GATHER_BATCH = 510
@@ -65,7 +66,7 @@ class MmuGather:
 def __tlb_reset_range(tlb: MmuGather) -> None:
     """include/asm-generic/tlb.h: __tlb_reset_range()."""
     if tlb.fullmm:
-        tlb.start = tlb.end = ~0
+        tlb.start = tlb.end = ULONG_MAX  # ~0
     else:
         tlb.start = TASK_SIZE
         tlb.end = 0
@@ -77,8 +78,8 @@ _tlb_reset_range = __tlb_reset_range
 
 
 def __tlb_adjust_range(tlb: MmuGather, address: int, range_size: int) -> None:
-    if tlb.fullmm:
-        return
+    """include/asm-generic/tlb.h: __tlb_adjust_range() (a fullmm gather keeps
+    end == ~0, and its flush is TLB_FLUSH_ALL anyway)."""
     tlb.start = min(tlb.start, address)
     tlb.end = max(tlb.end, address + range_size)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from .plugin import Hook, Ops, build_ops, load_module_file
+from .plugin import Hook, Ops, PluginError, build_ops, load_module_file
 from .tlbflush import native_load_cr3
 
 HOOKS = [
@@ -67,6 +67,9 @@ HOOKS = [
 
 def load_platform_module(module: ModuleType, source: str | None = None) -> Ops:
     ops = build_ops("platform", module, HOOKS, source or module.__name__)
+    if (ops.mm_global_asid is None) != (ops.broadcast_tlb_flush is None):
+        raise PluginError(f"{ops.source}: platform {ops.name!r} must define both mm_global_asid() and "
+                          "broadcast_tlb_flush(), or neither")
     ops.meta["implies_ipi_broadcast"] = bool(getattr(module, "IMPLIES_IPI_BROADCAST", False))
     return ops
 

@@ -9,6 +9,7 @@ hook that is not callable is a :class:`PluginError` with a one-line message.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import inspect
@@ -68,6 +69,8 @@ def build_ops(kind: str, module: ModuleType, hooks: list[Hook], source: str) -> 
     name = getattr(module, "NAME", None)
     if not isinstance(name, str) or not name:
         raise PluginError(f"{source}: a {kind} must define NAME = \"...\" (a non-empty string)")
+    names = [h.name for h in hooks]
+    _check_misspelt_hooks(kind, module, names, source)
     ops = Ops(kind, name, inspect.getdoc(module) or "", source)
     for hook in hooks:
         fn = getattr(module, hook.name, None)
@@ -77,10 +80,27 @@ def build_ops(kind: str, module: ModuleType, hooks: list[Hook], source: str) -> 
             fn = hook.default
         elif not callable(fn):
             raise PluginError(f"{source}: {kind} {name!r}: {hook.name} is not a function")
+        elif not hook.generator and inspect.isgeneratorfunction(fn):
+            raise PluginError(f"{source}: {kind} {name!r}: {hook.name}() must be a plain function "
+                              "(the machine calls it directly, not with `yield from`)")
         if fn is not None and hook.generator:
             fn = as_generator(fn)
         setattr(ops, hook.name, fn)
     return ops
+
+
+def _check_misspelt_hooks(kind: str, module: ModuleType, hooks: list[str], source: str) -> None:
+    """A public function defined in the file whose name is one letter or so away
+    from a hook is almost certainly a misspelt hook that would be silently
+    ignored."""
+    for attr, value in vars(module).items():
+        if attr in hooks or attr.startswith("_") and not attr.startswith("__tlb"):
+            continue
+        if not inspect.isfunction(value) or getattr(value, "__module__", None) != module.__name__:
+            continue
+        close = difflib.get_close_matches(attr, hooks, n=1, cutoff=0.88)
+        if close:
+            raise PluginError(f"{source}: {attr}() is not a {kind} hook; did you mean {close[0]}()?")
 
 
 def load_module_file(path: str | Path, kind: str) -> ModuleType:
