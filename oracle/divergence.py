@@ -33,32 +33,79 @@ _MUTATING_RANGE = ("munmap", "madvise", "mmap", "populate")
 _MUTATING_PAGE = ("access", "kvm_fault")
 
 
-def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
-    """(mm, page va) -> True if only one CPU's operations mutate it.
+def _possible_mms(program: Program, dying: set[int]) -> tuple[dict[int, list[tuple[set, object]]], set[int], bool]:
+    """For each CPU, each operation with the set of mms it may act on.
 
-    MODEL: a CPU's operations act on the mm it runs; the mm of each operation
-    is derived statically from the ``switch`` operations before it."""
-    touched: dict[tuple[int, int], set[int]] = {}
+    Statically a CPU runs the mm of its last ``switch``; but a switch to an mm
+    that may have exited is skipped at run time (the CPU keeps what it ran),
+    and a thread of a dying mm may be killed (the CPU runs a kernel thread).
+    Returns the per-CPU sets, the mms some exit may tear down, and whether every
+    exit has a single certain target."""
+    out: dict[int, list[tuple[set, object]]] = {}
+    exits: set[int] = set()
+    certain = True
     for cpu in range(program.cpus):
-        mm = program.start_of(cpu)
+        poss: set = {program.start_of(cpu)}
+        ops = []
         for op in program.ops_of(cpu):
             if op.kind == "switch":
-                mm = op.mm
+                new: set = {op.mm}
+                if op.mm is not None and op.mm in dying:
+                    new |= poss | {None}
+                poss = new
                 continue
-            if mm is None:
-                continue
+            if any(m in dying for m in poss if m is not None):
+                poss = poss | {None}
+            ops.append((set(poss), op))
+            if op.kind == "exit":
+                targets = {m for m in poss if m is not None}
+                exits |= targets
+                certain = certain and len(poss) == 1
+                poss = {None}
+        out[cpu] = ops
+    return out, exits, certain
+
+
+def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
+    """(mm, page va) -> True if only one CPU's operations may mutate it.
+
+    MODEL: the mm an operation acts on is over-approximated statically (see
+    ``_possible_mms``, iterated to a fixpoint); pages of an mm that may exit are
+    never robust."""
+    dying: set[int] = set()
+    while True:
+        per_cpu, exits, _ = _possible_mms(program, dying)
+        if exits <= dying:
+            break
+        dying |= exits
+    touched: dict[tuple[int, int], set[int]] = {}
+    for cpu, ops in per_cpu.items():
+        for poss, op in ops:
             if op.kind in _MUTATING_RANGE:
                 pages = range(op.addr, op.addr + op.len, PAGE_SIZE)
             elif op.kind in _MUTATING_PAGE:
                 pages = range(op.addr & ~(PAGE_SIZE - 1), (op.addr & ~(PAGE_SIZE - 1)) + 1, PAGE_SIZE)
             else:
                 continue
-            if len(pages) > 4096:
-                pages = range(0)  # MODEL: huge ranges make every page they cover racy
-                touched.setdefault((mm, -1), set()).add(cpu)
-            for va in pages:
-                touched.setdefault((mm, va), set()).add(cpu)
-    return {k: len(v) == 1 for k, v in touched.items() if k[1] >= 0}
+            for mm in poss:
+                if mm is None:
+                    continue
+                if len(pages) > 4096:  # MODEL: huge ranges make every page they cover racy
+                    touched.setdefault((mm, -1), set()).add(cpu)
+                    continue
+                for va in pages:
+                    touched.setdefault((mm, va), set()).add(cpu)
+    return {k: len(v) == 1 and k[0] not in dying for k, v in touched.items() if k[1] >= 0}
+
+
+def certain_exits(program: Program) -> bool:
+    """Whether which mms exit is the same under every schedule."""
+    dying: set[int] = set()
+    while True:
+        _, exits, certain = _possible_mms(program, dying)
+        if exits <= dying:
+            return certain and sum(1 for op in program.ops if op.kind == "exit") <= 1
+        dying |= exits
 
 
 def observables(history: History, program: Program) -> dict[str, object] | None:
@@ -66,14 +113,14 @@ def observables(history: History, program: Program) -> dict[str, object] | None:
     if final is None:
         return None
     robust = robust_pages(program)
-    exits = {cpu for cpu in range(program.cpus) for op in program.ops_of(cpu) if op.kind == "exit"}
+    exits_certain = certain_exits(program)
     obs: dict[str, object] = {}
     for mm in final.a["mms"]:
         mapped = {va for va, _ in mm["mapping"]}
         for (mmid, va), ok in robust.items():
             if ok and mmid == mm["id"]:
                 obs[f"mm{mmid} {va:#x} mapped"] = va in mapped
-        if len(exits) <= 1:
+        if exits_certain:
             obs[f"mm{mm['id']} exited"] = mm["exited"]
     all_mapped = {pg for mm in final.a["mms"] for _, pg in mm["mapping"]}
     obs["leaked pages"] = sum(1 for f in final.a["frames"]
@@ -88,20 +135,21 @@ class _Touches:
     ``observables()`` dict costs thousands of entries per history, while only
     the pages mapped in one history and not in the other can differ.  This
     keeps, per mm, the page ranges each CPU's mutating operations cover (with
-    the same rules as robust_pages(): the mm derived from the ``switch``
-    operations, huge ranges ignored) and answers ``robust(mm, va)`` on demand.
+    the same rules as robust_pages(): the possible mms of each operation, dying
+    mms never robust, huge ranges ignored) and answers ``robust(mm, va)`` on
+    demand.
     """
 
     def __init__(self, program: Program) -> None:
         self.spans: dict[int, list[tuple[int, int, int]]] = {}  # mm -> (start, stop, cpu)
-        for cpu in range(program.cpus):
-            mm = program.start_of(cpu)
-            for op in program.ops_of(cpu):
-                if op.kind == "switch":
-                    mm = op.mm
-                    continue
-                if mm is None:
-                    continue
+        self.dying: set[int] = set()
+        while True:
+            per_cpu, exits, _ = _possible_mms(program, self.dying)
+            if exits <= self.dying:
+                break
+            self.dying |= exits
+        for cpu, ops in per_cpu.items():
+            for poss, op in ops:
                 if op.kind in _MUTATING_RANGE:
                     start, stop = op.addr, op.addr + op.len
                     if len(range(start, stop, PAGE_SIZE)) > 4096:
@@ -111,10 +159,14 @@ class _Touches:
                     stop = start + 1
                 else:
                     continue
-                self.spans.setdefault(mm, []).append((start, stop, cpu))
+                for mm in poss:
+                    if mm is not None:
+                        self.spans.setdefault(mm, []).append((start, stop, cpu))
 
     def robust(self, mm: int, va: int) -> bool:
         """``robust_pages(program).get((mm, va), False)``."""
+        if mm in self.dying:
+            return False
         cpus = {cpu for start, stop, cpu in self.spans.get(mm, ())
                 if start <= va < stop and (va - start) % PAGE_SIZE == 0}
         return len(cpus) == 1
@@ -165,7 +217,7 @@ def compare(histories: list[History], program: Program) -> list[Violation]:
     every key on which the two ``observables()`` differ, in key order."""
     out: list[Violation] = []
     touches = _Touches(program)
-    exits = {cpu for cpu in range(program.cpus) for op in program.ops_of(cpu) if op.kind == "exit"}
+    exits_certain = certain_exits(program)
     base = None
     for h in histories:
         if _final(h) is None:
@@ -174,7 +226,7 @@ def compare(histories: list[History], program: Program) -> list[Violation]:
             base = h
             continue
         bh = base
-        for key, bval, val in _differences(bh, h, touches, program, len(exits) <= 1) or ():
+        for key, bval, val in _differences(bh, h, touches, program, exits_certain) or ():
             out.append(Violation(
                 "divergence", h.strategy,
                 f"{bh.strategy} and {h.strategy} disagree on '{key}': {bval} vs {val}",

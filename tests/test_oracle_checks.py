@@ -196,3 +196,25 @@ def test_builtins_never_diverge_on_generated_programs():
             res = run_lockstep(prog, strategies, registry.platform(env.platform),
                                lambda prog=prog, seed=seed, env=env: make_choices("random", seed, env, prog, 160))
             assert res.divergences == [], (name, seed, [d.summary for d in res.divergences])
+
+
+def test_skipped_switch_makes_pages_racy():
+    """A switch to an mm that may already have exited is skipped at run time, so
+    the CPU's next operations may act on the mm it was running: such pages are
+    not schedule-robust (a false divergence found by `shootdown explore`)."""
+    from oracle.divergence import robust_pages
+    prog = _program("""
+shootdown: 1
+cpus: 3
+mms: 2
+start: [1, 0, 0]
+vmas: [{mm: 0, start: 0x200000, len: 0x200000}, {mm: 1, start: 0x200000, len: 0x200000}]
+ops:
+  - {cpu: 0, op: exit}
+  - {cpu: 2, op: switch, mm: 1}
+  - {cpu: 2, op: madvise, addr: 0x200000, len: 0x200000}
+  - {cpu: 1, op: access, addr: 0x202000, write: true}
+""")
+    robust = robust_pages(prog)
+    assert robust[(0, 0x202000)] is False   # CPU2's madvise may hit mm0 if its switch is skipped
+    assert (1, 0x202000) not in robust or robust[(1, 0x202000)] is False  # mm1 exits
