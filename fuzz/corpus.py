@@ -424,6 +424,9 @@ def save(lit: Litmus, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(dumps(lit))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a reproducer is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
