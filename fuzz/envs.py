@@ -80,6 +80,11 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
     Environment("native+lazy", "E8", "native",
                 "E1 with CPUs going lazy-TLB (kernel threads) and walking speculatively",
                 weights={**_NO_RCU_WALKERS, **_LAZY}, biases=_NO_BATCH_FAIL),
+    Environment("native+secondary-mmu", "E1", "native",
+                "E1 with a KVM guest and an SVA-bound IOMMU walking the mm: secondary MMUs "
+                "invalidated through mmu notifiers (not a column of the primer's matrix)",
+                weights={**_NO_RCU_WALKERS, "kvm_fault": 3.0, "kvm_access": 3.0, "iommu_access": 4.0},
+                biases=_NO_BATCH_FAIL, kvm=True, iommu=True),
 )}
 
 

@@ -49,7 +49,7 @@ class Mm:
     """struct mm_struct (the parts the checks need)."""
 
     __slots__ = (
-        "id", "pgd", "pgd_gen", "vmas", "cpumask", "users", "tlb_gen", "rss",
+        "id", "pgd", "pgd_gen", "vmas", "cpumask", "tlb_gen", "rss",
         "nr_ptes", "nr_pmds", "nr_puds", "page_table_lock", "mmap_lock",
         "tlb_flush_pending", "exited", "freed", "pv", "kvm", "iommu",
         "notifier_active", "dying",
@@ -61,7 +61,6 @@ class Mm:
         self.pgd_gen = pgd.gen if pgd else 0
         self.vmas: list[Vma] = []
         self.cpumask = 0          # mm_cpumask() as a bitmask
-        self.users = 0            # threads running this mm (mm_users)
         self.tlb_gen = 1          # mm->context.tlb_gen
         self.rss = 0
         self.nr_ptes = 0
