@@ -8,18 +8,27 @@ An engine is just where the decisions come from:
 * ``pct``: the same programs, schedules from :class:`PCTChoices`
   (Probabilistic Concurrency Testing, depth ``d``), whose guarantee is
   reported: every ordering bug of depth ``d`` is hit with probability at least
-  ``1 / (n * k**(d-1))`` per run, so ``N`` runs reach ``1 - (1 - p)**N``.
+  ``1 / (n * k**(d-1))`` per run, so ``N`` runs reach ``1 - (1 - p)**N``;
+* ``hypothesis`` (fuzz.drivers.hypothesis_driver): Hypothesis draws the
+  program and a tape of scheduling decisions, is steered by behaviour events
+  (``target()``/``event()``) and shrinks what it finds;
+* ``atheris`` (fuzz.drivers.atheris_driver): libFuzzer mutates bytes decoded by
+  :class:`~fuzz.generate.BytesDraw` + :class:`ByteChoices`, guided by line
+  coverage of impls/ and oracle/ plus synthetic counters for behaviour events
+  (fuzz.feedback).
 
 Iteration ``i`` of a run with seed ``s`` uses seed ``s * 1_000_003 + i``, so a
 finding is reproducible from (seed, iteration) alone, and its recorded
-schedule replays it exactly.
+schedule replays it exactly.  Parallel workers take disjoint iterations
+(``start=w, step=jobs``), so a finding does not depend on the number of jobs.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from impls.machine.choices import Choices, PCTChoices, RandomChoices
 from impls.machine.plugin import Ops
@@ -27,10 +36,13 @@ from impls.machine.program import Program
 from oracle.verdict import Violation
 
 from .envs import Environment
-from .generate import RandomDraw, generate
+from .feedback import keys_of
+from .generate import GenConfig, RandomDraw, generate
 from .run import Lockstep, run_lockstep
 
-ENGINES = ("random", "pct")
+ENGINES = ("random", "pct", "hypothesis", "atheris")
+#: engines whose decisions come from a seeded RNG per iteration (this module)
+SEEDED_ENGINES = ("random", "pct")
 PCT_DEPTH = 2
 
 
@@ -45,6 +57,10 @@ class Finding:
     signature: str
     seed: int
     environment: str
+    #: the iteration that found it (engine-specific: program index for
+    #: random/pct, chunk index for hypothesis, input index for atheris)
+    iteration: int = -1
+    engine: str = "random"
 
     @property
     def checks(self) -> list[str]:
@@ -63,15 +79,35 @@ class Stats:
     findings: int = 0
     signatures: set[str] = field(default_factory=set)
     max_steps_per_program: int = 0
+    #: feedback keys reached (fuzz.feedback): behaviour buckets, checks, outcomes
+    keys: set[str] = field(default_factory=set)
+    #: programs whose runs hit a violation (not deduplicated)
+    violating: int = 0
 
     def merge(self, other: Stats) -> None:
         self.programs += other.programs
         self.steps += other.steps
         self.findings += other.findings
+        self.violating += other.violating
         self.signatures |= other.signatures
+        self.keys |= other.keys
         self.max_steps_per_program = max(self.max_steps_per_program, other.max_steps_per_program)
         for k, v in other.behaviours.items():
             self.behaviours[k] = self.behaviours.get(k, 0) + v
+
+    def account(self, res: Lockstep) -> None:
+        """Count one lockstep run (every engine calls this once per program)."""
+        self.programs += 1
+        for r in res.runs:
+            steps = r.history.meta.get("steps", 0)
+            self.steps += steps
+            if steps > self.max_steps_per_program:
+                self.max_steps_per_program = steps
+            for k, n in r.verdict.behaviours.items():
+                self.behaviours[k] = self.behaviours.get(k, 0) + n
+        if not res.ok:
+            self.violating += 1
+        self.keys.update(keys_of([r.verdict for r in res.runs], bool(res.divergences)))
 
 
 def iteration_seed(seed: int, i: int) -> int:
@@ -103,39 +139,72 @@ def fuzz_one(program: Program, strategies: list[Ops], platform: Ops, engine: str
                         lambda: make_choices(engine, s, env, program, k_steps))
 
 
-def fuzz_iter(strategies: list[Ops], platform: Ops, env: Environment, engine: str = "random",
-              seed: int = 0, length: int = 32, start: int = 0,
-              stop: Callable[[int], bool] = lambda i: False,
-              stats: Stats | None = None) -> Iterator[Finding]:
-    """Run iterations ``start, start+1, ...`` until ``stop(i)``; yield each new
-    finding (one per strategy and signature).  ``stats`` is updated in place."""
-    stats = stats if stats is not None else Stats()
-    cfg = env.gen_config(length, platform.name if platform.name != env.platform else None)
-    k_steps = max(50, length * 5)
-    i = start
-    while not stop(i):
-        s = iteration_seed(seed, i)
-        program = generate(RandomDraw(s), cfg)
-        res = fuzz_one(program, strategies, platform, engine, s, env, k_steps)
-        stats.programs += 1
-        for r in res.runs:
-            steps = r.history.meta.get("steps", 0)
-            stats.steps += steps
-            stats.max_steps_per_program = max(stats.max_steps_per_program, steps)
-            for k, n in r.verdict.behaviours.items():
-                stats.behaviours[k] = stats.behaviours.get(k, 0) + n
-            if r.verdict.violations:
-                sig = finding_signature(r.verdict.strategy, r.verdict.violations[0])
-                if sig not in stats.signatures:
-                    stats.signatures.add(sig)
-                    stats.findings += 1
-                    yield Finding(r.verdict.strategy,
-                                  program.with_schedule(r.history.meta["schedule"]),
-                                  tuple(r.verdict.violations), sig, s, env.name)
-        for d in res.divergences:
-            sig = f"divergence|{d.extra.get('observable', '')}"
+def findings_of(res: Lockstep, program: Program, stats: Stats, seed: int, env: Environment,
+                iteration: int = -1, engine: str = "random") -> list[Finding]:
+    """The new findings of one lockstep run (one per strategy and signature,
+    ``stats.signatures`` is the memory); each carries the program with the
+    recorded schedule of the run that found it."""
+    out: list[Finding] = []
+    for r in res.runs:
+        if r.verdict.violations:
+            sig = finding_signature(r.verdict.strategy, r.verdict.violations[0])
             if sig not in stats.signatures:
                 stats.signatures.add(sig)
                 stats.findings += 1
-                yield Finding(d.strategy, program, (d,), sig, s, env.name)
-        i += 1
+                out.append(Finding(r.verdict.strategy, program.with_schedule(r.history.meta["schedule"]),
+                                   tuple(r.verdict.violations), sig, seed, env.name, iteration, engine))
+    for d in res.divergences:
+        sig = f"divergence|{d.extra.get('observable', '')}"
+        if sig not in stats.signatures:
+            stats.signatures.add(sig)
+            stats.findings += 1
+            out.append(Finding(d.strategy, program, (d,), sig, seed, env.name, iteration, engine))
+    return out
+
+
+def swarm_config(cfg: GenConfig, s: int, keep: float = 0.5) -> GenConfig:
+    """Swarm testing (Groce et al., ISSTA 2012): this program draws from a
+    random subset of the operation kinds (each kept with probability
+    ``keep``; the freeing operations munmap/madvise/exit and the racing
+    readers are never all dropped), so programs differ in their *mix*, and a
+    bug that needs, say, many munmaps and no mmaps is reached more often than
+    under one fixed mix of weights."""
+    rng = random.Random(s ^ 0x5A5A5A5A)
+    w = {k: v for k, v in cfg.weights.items() if v > 0 and rng.random() < keep}
+    if not any(k in w for k in ("munmap", "madvise", "exit")):
+        k = rng.choice([k for k in ("munmap", "madvise", "exit") if cfg.weights.get(k, 0) > 0] or ["munmap"])
+        w[k] = cfg.weights.get(k, 1.0) or 1.0
+    if not w.keys() - {"munmap", "madvise", "exit", "mmap", "switch"}:
+        w["access"] = cfg.weights.get("access", 1.0) or 1.0
+    return replace(cfg, weights=w)
+
+
+def fuzz_iter(strategies: list[Ops], platform: Ops, env: Environment, engine: str = "random",
+              seed: int = 0, length: int = 32, start: int = 0,
+              stop: Callable[[int], bool] = lambda i: False,
+              stats: Stats | None = None, step: int = 1, swarm: float = 0.0) -> Iterator[Finding]:
+    """Run iterations ``start, start+step, ...`` until ``stop(i)``; yield each
+    new finding (one per strategy and signature).  ``stats`` is updated in
+    place.  Engines ``random`` and ``pct`` only (the others drive their own
+    loop: fuzz.drivers).  ``swarm``: the fraction of programs (chosen by their
+    seed) generated from their own random subset of operation kinds
+    (:func:`swarm_config`)."""
+    if engine not in SEEDED_ENGINES:
+        raise ValueError(f"fuzz_iter runs the seeded engines ({', '.join(SEEDED_ENGINES)}), not {engine!r}")
+    stats = stats if stats is not None else Stats()
+    cfg = env.gen_config(length, platform.name if platform.name != env.platform else None)
+    k_steps = pct_k_steps(length)
+    i = start
+    while not stop(i):
+        s = iteration_seed(seed, i)
+        use_swarm = swarm > 0.0 and (swarm >= 1.0 or random.Random(s ^ 0x3C3C3C3C).random() < swarm)
+        program = generate(RandomDraw(s), swarm_config(cfg, s) if use_swarm else cfg)
+        res = fuzz_one(program, strategies, platform, engine, s, env, k_steps)
+        stats.account(res)
+        yield from findings_of(res, program, stats, s, env, i, engine)
+        i += step
+
+
+def pct_k_steps(length: int) -> int:
+    """The ``k`` PCT places its change points in (steps of one run)."""
+    return max(50, length * 5)

@@ -1,0 +1,285 @@
+"""``shootdown fuzz``: generate programs, run them in lockstep on the selected
+strategies, judge, minimise and write every new finding as a reproducer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from fuzz.cli import UsageError, resolve_strategies
+from fuzz.engine import ENGINES
+from fuzz.envs import ENVIRONMENTS, default_environment
+from fuzz.minimize import DEFAULT_BUDGET
+from fuzz.session import (
+    DEFAULT_ENGINE,
+    DEFAULT_LENGTH,
+    SWARM,
+    CellSpec,
+    FindingReport,
+    Plan,
+    StopFlag,
+    Summary,
+    default_jobs,
+    is_tty,
+    run_session,
+)
+from impls import registry
+from oracle.behaviours import BEHAVIOURS
+
+
+def _positive(kind: type):
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+        return v
+    return parse
+
+
+def _platform_arg(name: str) -> str:
+    """A built-in platform name, or a platform file (checked by loading it)."""
+    if name.endswith(".py"):
+        registry.platform(name)  # PluginError -> exit 2
+        return name
+    if name not in registry.PLATFORM_MODULES:
+        raise UsageError(f"unknown platform {name!r} (built-ins: {', '.join(registry.PLATFORMS)}; "
+                         "or a path to a platform .py file)")
+    return name
+
+
+def build_cells(strategies: list, platforms: list[str] | None, envs: list[str] | None) -> list[CellSpec]:
+    """--platform x --env; without --env each platform's default environment,
+    without --platform each environment's own platform (or all three
+    built-in platforms when neither is given)."""
+    names = tuple(s.source if str(s.source).endswith(".py") else s.name for s in strategies)
+    for e in envs or []:
+        if e not in ENVIRONMENTS:
+            raise UsageError(f"unknown environment {e!r} (known: {', '.join(ENVIRONMENTS)})")
+    plats = [_platform_arg(p) for p in platforms or []]
+    cells: list[CellSpec] = []
+    if envs:
+        for e in envs:
+            for p in plats or [ENVIRONMENTS[e].platform]:
+                cells.append(CellSpec(names, p, e))
+    else:
+        for p in plats or list(registry.PLATFORMS):
+            env = default_environment(p if not p.endswith(".py") else "native")
+            cells.append(CellSpec(names, p, env.name))
+    return cells
+
+
+def summary_json(s: Summary) -> dict[str, Any]:
+    cells = []
+    for c in s.cells:
+        st = c.stats
+        reached = sorted(set(st.behaviours) & set(BEHAVIOURS))
+        cells.append({
+            "cell": c.label, "strategies": list(c.spec.strategies), "platform": c.spec.platform,
+            "env": c.spec.env, "seconds": round(c.seconds, 3), "programs": st.programs,
+            "programs_per_s": round(c.rate, 2), "fuzz_seconds": round(c.fuzz_seconds, 3),
+            "steps": st.steps, "violating_programs": st.violating,
+            "behaviours": dict(sorted(st.behaviours.items())),
+            "behaviours_reached": len(reached), "behaviours_total": len(BEHAVIOURS),
+            "behaviours_missing": sorted(set(BEHAVIOURS) - set(reached)),
+            "feedback_keys": len(st.keys),
+            "findings": [_finding_json(f) for f in c.findings],
+            "crashes": c.crashes,
+            "pct": c.pct,
+        })
+    return {"engine": s.engine, "seed": s.seed, "length": s.length, "jobs": s.jobs, "out": s.out,
+            "seconds": round(s.seconds, 3), "interrupted": s.interrupted, "violations": s.violations,
+            "crashes": s.crashes, "exit": s.exit_code, "cells": cells}
+
+
+def _finding_json(f: FindingReport) -> dict[str, Any]:
+    return {"strategy": f.strategy, "checks": f.checks, "signature": f.signature, "file": f.file,
+            "duplicate_of": f.duplicate_of, "title": f.title, "engine": f.engine, "seed": f.seed,
+            "iteration": f.iteration, "found_after_s": round(f.found_after, 3),
+            "found_after_programs": f.found_after_programs, "size": f.size, "raw_size": f.raw_size,
+            "minimize_seconds": round(f.minimize_seconds, 3), "minimized": f.minimized}
+
+
+def _size_text(z: dict[str, int]) -> str:
+    if not z:
+        return ""
+    p = z.get("preemptions", 0)
+    return (f"{z['ops']} ops + {z['setup']} setup, {z['cpus']} CPUs, "
+            f"{p} preemption{'s' if p != 1 else ''}")
+
+
+def finding_line(f: FindingReport) -> str:
+    where = f"-> {f.file}" if f.file else (f"(already in {f.duplicate_of})" if f.duplicate_of else "(not written)")
+    extra = f"; minimised in {f.minimize_seconds:.1f} s" if f.minimize_seconds else ""
+    if f.minimize_seconds and not f.minimized:
+        extra += " (budget reached)"
+    return f"U {f.strategy}: {', '.join(f.checks)}  {where}  [{_size_text(f.size)}{extra}]"
+
+
+def summary_text(s: Summary) -> str:
+    out = [f"shootdown fuzz: engine {s.engine}, length {s.length}, seed {s.seed}, {s.jobs} job"
+           f"{'s' if s.jobs != 1 else ''}, {s.seconds:.1f} s" + ("  (interrupted)" if s.interrupted else "")]
+    for c in s.cells:
+        st = c.stats
+        rate = c.rate
+        reached = set(st.behaviours) & set(BEHAVIOURS)
+        out.append(f"  {c.label}: {st.programs:,} programs in {c.seconds:.1f} s ({rate:.1f}/s), "
+                   f"behaviours {len(reached)}/{len(BEHAVIOURS)}, feedback keys {len(st.keys)}")
+        missing = sorted(set(BEHAVIOURS) - reached)
+        if missing and st.programs:
+            out.append(f"      not reached: {', '.join(missing)}")
+        if c.pct:
+            p = c.pct
+            out.append(f"      pct: {p['runs']:,} runs, depth {p['depth']}, k = {p['k_steps']} steps, "
+                       f"<= {p['agents']} agents: >= {100 * p['guarantee']:.1f}% chance to hit any given "
+                       f"depth-{p['depth']} ordering bug within k steps (per run >= 1/{round(1 / p['per_run'])}, "
+                       "for a bug present in every program)")
+        for f in c.findings:
+            out.append(f"      {finding_line(f)}")
+        for x in c.crashes:
+            out.append("      CRASH (the simulator raised; a bug in the model or a plug-in):")
+            out += ["        " + line for line in x.rstrip().splitlines()]
+    new = sum(1 for c in s.cells for f in c.findings if f.file)
+    if s.violations or s.crashes:
+        out.append(f"violations: {s.violations} ({new} new reproducer{'s' if new != 1 else ''} in {s.out})"
+                   + (f", crashes: {s.crashes}" if s.crashes else ""))
+    else:
+        out.append("no violation found" + (" (interrupted)" if s.interrupted else ""))
+    return "\n".join(out)
+
+
+class _Progress:
+    """The live line on a terminal (stderr), redrawn in place."""
+
+    def __init__(self) -> None:
+        self.width = 0
+
+    def __call__(self, text: str) -> None:
+        text = text[:160]
+        sys.stderr.write("\r" + text.ljust(self.width))
+        sys.stderr.flush()
+        self.width = len(text)
+
+    def clear(self) -> None:
+        if self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+            self.width = 0
+
+
+def plan_from_args(args: argparse.Namespace, cells: list[CellSpec]) -> Plan:
+    options: list[tuple[str, Any]] = [("atheris_input", args.atheris_input),
+                                      ("atheris_coverage", args.atheris_coverage),
+                                      ("verbose", args.verbose), ("swarm", args.swarm)]
+    if args.runs is None and args.budget is None:
+        args.budget = 60.0
+    return Plan(cells, engine=args.engine, seed=args.seed, length=args.length,
+                jobs=args.jobs or default_jobs(), runs=args.runs, budget=args.budget, out=Path(args.out),
+                write=not args.no_write, minimize_budget=args.minimize_budget, options=tuple(options),
+                command="shootdown fuzz")
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    if args.safe_on:
+        from fuzz.safe_on import run_safe_on
+        return run_safe_on(args)
+    strategies = resolve_strategies(args.strategy, args.strategy_file)
+    cells = build_cells(strategies, args.platform, args.env)
+    plan = plan_from_args(args, cells)
+    return execute(plan, args.format)
+
+
+def execute(plan: Plan, fmt: str = "text", header: str | None = None) -> int:
+    stop = StopFlag()
+    progress = _Progress() if is_tty() and fmt == "text" else None
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly; the second: cut minimising short
+        if stop.is_set():
+            stop.hurry()
+            return
+        stop.set()
+        if progress is not None:
+            progress("stopping: minimising what was found (Ctrl-C again to skip) ...")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        summary = run_session(plan, stop, progress)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if progress is not None:
+            progress.clear()
+    if fmt == "json":
+        data = summary_json(summary)
+        if header:
+            data["mode"] = header
+        print(json.dumps(data, indent=2))
+    else:
+        if header:
+            print(header)
+        print(summary_text(summary))
+    return summary.exit_code
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "fuzz", help="fuzz strategies in lockstep; minimise and write every finding",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate programs, run each on every selected strategy on the same platform "
+                    "(lockstep), judge each run and compare them; every new violation is minimised "
+                    "and written to --out as a litmus reproducer (`shootdown run FILE` replays it).",
+        epilog=f"""engines:
+  random      seeded random programs and schedules (the default: fastest to find every planted bug)
+  pct         random programs, PCT schedules (the summary states the probabilistic guarantee)
+  hypothesis  Hypothesis draws programs and schedules, steered by behaviour events, shrinks findings
+  atheris     libFuzzer, coverage-guided by behaviour events (and optionally line coverage)
+
+Default program length {DEFAULT_LENGTH} operations; budget 60 s unless --runs is given.
+--budget bounds the fuzzing; each new finding is then minimised for up to --minimize-budget s.
+Exit status: 0 no violation, 1 a violation (or a crash of the simulator), 2 bad input,
+130 interrupted with nothing found.  Ctrl-C stops cleanly: findings are kept, the summary printed.
+""")
+    p.add_argument("--strategy", action="append", metavar="NAME",
+                   help=f"a built-in strategy ({', '.join(registry.STRATEGIES)}); repeatable; default: all three")
+    p.add_argument("--strategy-file", action="append", metavar="PATH",
+                   help="a strategy written in one Python file; repeatable")
+    p.add_argument("--platform", action="append", metavar="NAME",
+                   help=f"a built-in platform ({', '.join(registry.PLATFORMS)}) or a platform .py file; "
+                        "repeatable; default: the --env's platform, or all three")
+    p.add_argument("--env", action="append", metavar="NAME",
+                   help=f"an environment ({', '.join(ENVIRONMENTS)}); repeatable; default: each "
+                        "platform's default environment")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--budget", type=_positive(float), metavar="SECONDS",
+                   help="fuzzing time in total, split evenly over the cells (default 60)")
+    g.add_argument("--runs", type=_positive(int), metavar="N", help="programs per cell, then stop")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=_positive(int), metavar="N", help="worker processes (default: all cores)")
+    p.add_argument("--length", type=_positive(int), default=DEFAULT_LENGTH, metavar="N",
+                   help=f"operations generated per program (default {DEFAULT_LENGTH})")
+    p.add_argument("--out", default="corpus/crashes", metavar="DIR",
+                   help="where reproducers go (default corpus/crashes/)")
+    p.add_argument("--no-write", action="store_true", help="report findings, write no file")
+    p.add_argument("--minimize-budget", type=_positive(float), default=DEFAULT_BUDGET, metavar="SECONDS",
+                   help=f"minimisation time per finding (default {DEFAULT_BUDGET:.0f})")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--atheris-input", choices=("bytes", "hypothesis"), default="bytes",
+                   help="how atheris inputs are decoded (default bytes: BytesDraw + a decision tape)")
+    p.add_argument("--atheris-coverage", choices=("behaviour", "lines", "both"), default="behaviour",
+                   help="what atheris counts as coverage (default behaviour events)")
+    p.add_argument("--swarm", type=float, default=SWARM, metavar="FRACTION",
+                   help=f"random/pct: the fraction of programs drawn from a random subset of operation kinds "
+                        f"(swarm testing; default {SWARM})")
+    p.add_argument("--safe-on", action="store_true",
+                   help="the `make fuzz` mode: each strategy on the environments it claims in SAFE_ON, "
+                        "after a canary check that a planted bug is still found")
+    p.add_argument("--canary-runs", type=_positive(int), default=400, metavar="N",
+                   help="--safe-on: programs the canary may take to find its planted bug")
+    p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_fuzz)

@@ -1,0 +1,261 @@
+"""The atheris engine: libFuzzer mutating bytes, coverage-guided.
+
+Input decoding (``--atheris-input``):
+
+* ``bytes`` (default, the faster: see bench/engines.py): :func:`decode`, the
+  shared generator over :class:`~fuzz.generate.BytesDraw` (one byte per
+  decision, zeros once exhausted, so every byte string is a valid program),
+  then the rest of the input as the decision tape of every run of the
+  lockstep (:class:`~fuzz.drivers.tape.TapeChoices`); a short input is first
+  :func:`pad`-ded with bytes from a PRNG seeded by the input;
+* ``hypothesis``: the Hypothesis test of fuzz.drivers.hypothesis_driver
+  through ``fuzz_one_input`` (Hypothesis decodes the bytes into its choice
+  sequence).
+
+Coverage (``--atheris-coverage``): libFuzzer keeps an input when it reaches a
+new feature.  ``lines`` instruments the Python bytecode of impls/ and oracle/
+(and of plug-in files) as atheris does; ``behaviour`` adds one synthetic
+counter per feedback key (fuzz.feedback: behaviour x count bucket, behaviour
+pairs, checks, outcomes), reserved from atheris' own counter space
+(``atheris._reserve_counter()``, the call its bytecode instrumentation makes)
+and hit with ``atheris._trace_branch()``; libFuzzer sees them as edges.  The
+default, ``behaviour``, is what the benchmark found best: line coverage slows
+every program down several times and says little about interleavings.
+
+:class:`Harness` is the fuzz target with no atheris in it (so tests can feed
+it arbitrary bytes); :func:`atheris_loop` runs libFuzzer in a worker process.
+The simulator's exceptions are never swallowed: the worker reports them as a
+crash with the input that caused it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import shutil
+import tempfile
+import types
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from impls.machine.plugin import Ops
+from impls.machine.program import Program
+
+from ..engine import Stats, findings_of
+from ..envs import Environment
+from ..feedback import all_keys, keys_of
+from ..generate import BytesDraw, generate
+from ..run import Lockstep, run_lockstep
+from .tape import Tape, TapeChoices
+
+INPUT_MODES = ("bytes", "hypothesis")
+COVERAGE_MODES = ("behaviour", "lines", "both")
+#: synthetic counters for keys outside fuzz.feedback.all_keys() (hashed)
+SPARE_COUNTERS = 256
+#: random inputs libFuzzer starts from
+SEED_INPUTS = 32
+
+
+def max_len(length: int) -> int:
+    """Bytes an input needs: the program (~5 per operation) and a tape
+    (a few hundred decisions for 128 operations)."""
+    return 256 + 12 * length
+
+
+def pad(data: bytes, n: int) -> bytes:
+    """``data`` extended to ``n`` bytes with bytes drawn from a PRNG seeded by
+    ``data`` itself.  libFuzzer likes short inputs (they often reach a "new"
+    feature: the degenerate program all-zero bytes decode to), and BytesDraw
+    reads zeros past the end; padding makes every short input a full-size
+    random program instead, and a mutation of it another one."""
+    if len(data) >= n:
+        return data
+    rng = random.Random(zlib.crc32(data) ^ (len(data) << 32))
+    return data + rng.randbytes(n - len(data))
+
+
+def decode(data: bytes, env: Environment, length: int, platform: str | None = None) -> tuple[Program, bytes]:
+    """Bytes -> (program, the rest of the bytes: the decision tape).  Total:
+    every byte string decodes (BytesDraw reads zeros past the end)."""
+    draw = BytesDraw(data)
+    program = generate(draw, env.gen_config(length, platform))
+    return program, data[draw.i:]
+
+
+class Harness:
+    """One input -> one lockstep run, judged; stats and findings recorded."""
+
+    def __init__(self, strategies: list[Ops], platform: Ops, env: Environment, length: int,
+                 mode: str = "bytes", stats: Stats | None = None, seed: int = 0) -> None:
+        if mode not in INPUT_MODES:
+            raise ValueError(f"unknown atheris input mode {mode!r} (known: {', '.join(INPUT_MODES)})")
+        self.strategies = strategies
+        self.platform = platform
+        self.env = env
+        self.length = length
+        self.mode = mode
+        self.stats = stats if stats is not None else Stats()
+        self.seed = seed
+        self.biases = env.choice_biases()
+        self.inputs = 0
+        self.last: Lockstep | None = None
+        self.findings: list = []
+        self._plat = platform.name if platform.name != env.platform else None
+        self._max_len = max_len(length)
+        if mode == "hypothesis":
+            from .hypothesis_driver import Recorder, make_test, run_settings
+            self._rec = Recorder(self.stats, env, raise_findings=False, feedback=False)
+            self._rec.on_run = self._on_hypothesis_run  # type: ignore[method-assign]
+            test = make_test(strategies, platform, env, length, self._rec)
+            self._test = run_settings(1)(test)
+
+    def _on_hypothesis_run(self, program: Program, res: Lockstep) -> None:
+        self._record(program, res)
+
+    def _record(self, program: Program, res: Lockstep) -> None:
+        self.last = res
+        self.stats.account(res)
+        self.findings += findings_of(res, program, self.stats, self.seed, self.env, self.inputs, "atheris")
+
+    def one_input(self, data: bytes) -> Lockstep | None:
+        """Run one input.  Returns the lockstep run (None if Hypothesis
+        rejected the input)."""
+        self.inputs += 1
+        self.last = None
+        if self.mode == "hypothesis":
+            self._test.hypothesis.fuzz_one_input(data)
+            return self.last
+        program, rest = decode(pad(data, self._max_len), self.env, self.length, self._plat)
+        tape = Tape.of(rest)
+        res = run_lockstep(program, self.strategies, self.platform, lambda: TapeChoices(tape, self.biases))
+        self._record(program, res)
+        return res
+
+    def take_findings(self) -> list:
+        out, self.findings = self.findings, []
+        return out
+
+
+class Counters:
+    """Feedback keys -> synthetic atheris coverage counters."""
+
+    def __init__(self, n_strategies: int, reserve: Callable[[], int], trace: Callable[[int], None]) -> None:
+        self._trace = trace
+        self.index = {k: reserve() for k in all_keys(n_strategies)}
+        self.spare = [reserve() for _ in range(SPARE_COUNTERS)]
+
+    def hit(self, keys: list[str]) -> None:
+        idx = self.index
+        for k in keys:
+            i = idx.get(k)
+            if i is None:
+                i = idx[k] = self.spare[zlib.crc32(k.encode()) % len(self.spare)]
+            self._trace(i)
+
+
+def behaviour_counters(n_strategies: int, atheris_module: Any) -> Counters:
+    """Counters in atheris' counter space.  ``_trace_branch`` is looked up at
+    each call: atheris.Setup() rebinds it to the libFuzzer core, and a function
+    captured before Setup() counts nothing (libFuzzer then sees no coverage)."""
+    return Counters(n_strategies, atheris_module._reserve_counter,
+                    lambda i: atheris_module._trace_branch(i))
+
+
+def instrument(paths: list[str]) -> int:
+    """Add atheris' line/branch instrumentation to every loaded function whose
+    code lives under one of ``paths`` (impls/, oracle/, plug-in files); the
+    modules are already imported (forked worker), so this patches the code
+    objects in place, as ``atheris.instrument_all()`` does for everything."""
+    import atheris
+    roots = [str(Path(p).resolve()) for p in paths]
+    n = 0
+    done: set[int] = set()
+    for obj in gc.get_objects():
+        if not isinstance(obj, types.FunctionType):
+            continue
+        fn = obj.__code__.co_filename
+        if not any(fn.startswith(r) for r in roots) or id(obj) in done:
+            continue
+        if "__ATHERIS_INSTRUMENTED__" in obj.__code__.co_consts:
+            continue
+        try:
+            atheris.instrument_func(obj)
+            n += 1
+        except Exception:  # pragma: no cover  (a code object atheris cannot patch)
+            pass
+        done.add(id(obj))
+    return n
+
+
+def seed_inputs(seed: int, n: int, size: int) -> list[bytes]:
+    """A few random inputs to start libFuzzer from (deterministic per seed)."""
+    rng = random.Random(seed)
+    return [bytes(rng.randrange(256) for _ in range(size)) for _ in range(n)]
+
+
+def atheris_loop(spec: Any, strategies: list[Ops], platform: Ops, env: Environment, stats: Stats,
+                 send: Callable[[tuple], None], tick: Callable[[], bool]) -> None:
+    """Run libFuzzer in this (worker) process until ``tick()`` says stop or
+    ``spec.runs`` inputs ran; never returns (libFuzzer exits the process)."""
+    import atheris
+
+    mode = spec.option("atheris_input", "bytes")
+    coverage = spec.option("atheris_coverage", "behaviour")
+    verbose = spec.option("verbose", False)
+    h = Harness(strategies, platform, env, spec.length, mode, stats, spec.seed)
+    if coverage in ("lines", "both"):
+        here = Path(__file__).resolve().parents[2]
+        paths = [str(here / "impls"), str(here / "oracle")]
+        paths += [s.source for s in strategies + [platform] if str(s.source).endswith(".py")]
+        instrument(paths)
+    counters = None
+    if coverage in ("behaviour", "both"):
+        counters = behaviour_counters(len(strategies), atheris)
+    share = None
+    if spec.runs is not None:
+        share = spec.runs // spec.jobs + (1 if spec.worker < spec.runs % spec.jobs else 0)
+    workdir = tempfile.mkdtemp(prefix="shootdown-atheris-")
+    ml = max_len(spec.length)
+    for i, b in enumerate(seed_inputs(spec.seed * 7919 + spec.worker, SEED_INPUTS, ml)):
+        Path(workdir, f"seed{i}").write_bytes(b)
+
+    def finish() -> None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        send(("done", spec.worker, stats))
+        os._exit(0)
+
+    def test_one_input(data: bytes) -> None:
+        # nothing may escape into libFuzzer: it would report a "crash" and
+        # write the input to the current directory
+        try:
+            if tick() or (share is not None and h.inputs >= share):
+                finish()
+            res = h.one_input(data)
+            if res is not None and counters is not None:
+                counters.hit(keys_of([r.verdict for r in res.runs], bool(res.divergences)))
+            for f in h.take_findings():
+                send(("finding", spec.worker, f))
+        except BrokenPipeError:  # the parent is gone: nobody to report to
+            shutil.rmtree(workdir, ignore_errors=True)
+            os._exit(1)
+        except BaseException:
+            import traceback
+            try:
+                send(("crash", spec.worker, f"atheris input {data.hex()}:\n{traceback.format_exc()}"))
+                finish()
+            finally:
+                os._exit(1)
+
+    if not verbose:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    argv = ["shootdown-atheris", f"-seed={(spec.seed * 1_000_003 + spec.worker) % (2**31 - 1) + 1}",
+            "-len_control=0", f"-max_len={ml}", "-handle_int=0", "-handle_term=0", "-rss_limit_mb=0",
+            "-timeout=0", "-print_final_stats=0", "-reduce_inputs=0", f"-artifact_prefix={workdir}/", workdir]
+    atheris.Setup(argv, test_one_input)
+    atheris.Fuzz()
+    finish()  # pragma: no cover  (libFuzzer exits first)

@@ -1,0 +1,82 @@
+"""``make fuzz``: hold every strategy to its word (``shootdown fuzz --safe-on``).
+
+Each strategy names the environments it claims to be safe on (``SAFE_ON``; a
+strategy file with an empty ``SAFE_ON`` is fuzzed on every environment).  One
+cell per environment runs the strategies that claim it, in lockstep (so they
+are compared, too); the time budget is split evenly over the cells.  Any
+violation fails the run.
+
+First, a canary: a planted bug (tests/mutants/native_skip_lazy.py, native
+flushes that skip lazy-TLB CPUs, on native+lazy) must be found within a small,
+deterministic budget (``--canary-runs`` programs, seed 0); if it is not, the
+fuzzer or the oracle is broken and a green result would mean nothing, so the
+run fails loudly before fuzzing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .cli import UsageError, resolve_strategies
+from .envs import ENVIRONMENTS
+from .session import CellSpec, Plan, run_session
+
+ROOT = Path(__file__).resolve().parent.parent
+CANARY_PLATFORM = ROOT / "tests" / "mutants" / "native_skip_lazy.py"
+CANARY_ENV = "native+lazy"
+CANARY_STRATEGY = "direct"
+
+
+def safe_on_cells(strategies: list) -> list[CellSpec]:
+    """One cell per environment, with the strategies claiming it."""
+    by_env: dict[str, list[str]] = {}
+    for s in strategies:
+        claimed = tuple(s.meta.get("safe_on", ())) or tuple(ENVIRONMENTS)
+        for e in claimed:
+            if e not in ENVIRONMENTS:
+                continue  # an environment this version does not know: nothing to hold it to
+            by_env.setdefault(e, []).append(s.source if str(s.source).endswith(".py") else s.name)
+    return [CellSpec(tuple(names), ENVIRONMENTS[e].platform, e)
+            for e, names in sorted(by_env.items(), key=lambda kv: list(ENVIRONMENTS).index(kv[0]))]
+
+
+def canary(runs: int, length: int, jobs: int = 1) -> tuple[bool, str]:
+    """Is the planted bug still found within ``runs`` programs?"""
+    if not CANARY_PLATFORM.exists():
+        return False, f"canary: {CANARY_PLATFORM} is missing"
+    cell = CellSpec((CANARY_STRATEGY,), str(CANARY_PLATFORM), CANARY_ENV)
+    plan = Plan([cell], engine="random", seed=0, length=length, jobs=jobs, runs=runs, write=False,
+                minimize_budget=1.0, command="shootdown fuzz --safe-on (canary)")
+    s = run_session(plan)
+    c = s.cells[0] if s.cells else None
+    if c is None or c.stats.violating == 0:
+        n = c.stats.programs if c else 0
+        return False, (f"CANARY FAILED: the planted bug {CANARY_PLATFORM.name} ({CANARY_STRATEGY} on "
+                       f"{CANARY_ENV}) was not found in {n} programs: the fuzzer or the oracle is broken, "
+                       "so a clean run would prove nothing")
+    f = c.findings[0] if c.findings else None
+    what = f"{', '.join(f.checks)} after {f.found_after_programs + 1} programs" if f else "a violation"
+    return True, f"canary: planted bug {CANARY_PLATFORM.name} found ({what})"
+
+
+def run_safe_on(args: argparse.Namespace) -> int:
+    from .commands.fuzz import execute, plan_from_args
+
+    if args.platform or args.env:
+        raise UsageError("--safe-on picks the environments from each strategy's SAFE_ON; "
+                         "drop --platform/--env")
+    strategies = resolve_strategies(args.strategy, args.strategy_file)
+    cells = safe_on_cells(strategies)
+    ok, msg = canary(args.canary_runs, args.length, 1)
+    if not ok:
+        print(msg)  # noqa: T201  (the CLI layer: make fuzz prints the canary verdict)
+        return 1
+    plan = plan_from_args(args, cells)
+    plan.command = "shootdown fuzz --safe-on"
+    lines = [msg, "cells (environment: the strategies claiming it):"]
+    lines += [f"  {c.env}: {', '.join(Path(s).name if s.endswith('.py') else s for s in c.strategies)}"
+              for c in cells]
+    if plan.budget is not None:
+        lines.append(f"budget {plan.budget:.0f} s over {len(cells)} cells, {plan.jobs} jobs")
+    return execute(plan, args.format, header="\n".join(lines))
