@@ -13,6 +13,8 @@ from impls.machine.tlbflush import flush_tlb_func
 from impls.platforms.native import IMPLIES_IPI_BROADCAST, should_flush_tlb  # noqa: F401
 
 NAME = "native-skip-lazy"
+PLANTED = {"env": "native+lazy", "kind": "platform", "check": "ordering", "strategy": "direct",
+           "also": ("stale-psc",)}
 
 
 def flush_tlb_multi(cpu, cpumask, info):

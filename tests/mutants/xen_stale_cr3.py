@@ -13,6 +13,7 @@ from impls.platforms import xen_pv as _xen
 from impls.platforms.xen_pv import *  # noqa: F401,F403  (the correct platform, then one change)
 
 NAME = "xen-pv-stale-cr3"
+PLANTED = {"env": "xen-pv", "kind": "platform", "check": "leaked-xen-pin", "strategy": "semi-rcu"}
 
 
 def xen_drop_mm_ref(cpu, mm):

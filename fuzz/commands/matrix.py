@@ -1,0 +1,135 @@
+"""``shootdown matrix``: fuzz every strategy on every environment and print the
+verdict matrix (fuzz.matrix); ``--expected FILE`` compares it with a file of
+expected verdicts (corpus/expected-matrix.yaml: the primer's section 2).
+
+Exit status: with ``--expected``, 0 if every cell with an expectation
+matches and 1 if any disagrees; without, 0 if every cell is S and 1 if any is
+U; 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from fuzz import matrix
+from fuzz.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATION, UsageError, resolve_platform, resolve_strategies
+from fuzz.engine import SEEDED_ENGINES
+from fuzz.envs import ENVIRONMENTS
+from impls import registry
+
+DEFAULT_BUDGET = 10.0
+DEFAULT_OUT = "build/matrix"
+
+
+def _specs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    strategies = resolve_strategies(args.strategy, args.strategy_file)  # validates, one-line errors
+    names = list(args.strategy or []) + [str(Path(p).resolve()) for p in args.strategy_file or []]
+    if not names:
+        names = list(registry.STRATEGIES)
+    assert len(names) == len(strategies)
+    envs = list(args.env or ENVIRONMENTS)
+    for e in envs:
+        if e not in ENVIRONMENTS:
+            raise UsageError(f"unknown environment {e!r} (known: {', '.join(ENVIRONMENTS)})")
+    return names, envs
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    names, envs = _specs(args)
+    platform_file = None
+    if args.platform_file:
+        resolve_platform(None, args.platform_file, "native")
+        platform_file = str(Path(args.platform_file).resolve())
+    if args.budget is not None and args.budget <= 0:
+        raise UsageError("--budget must be positive")
+    if args.runs is not None and args.runs <= 0:
+        raise UsageError("--runs must be positive")
+    budget = args.budget if (args.budget is not None or args.runs is not None) else DEFAULT_BUDGET
+    expected = None
+    if args.expected:
+        try:
+            expected = matrix.load_expected(args.expected)
+        except matrix.MatrixError as e:
+            print(f"shootdown: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    engines = tuple(args.engine) if args.engine else ("random", "pct")
+    out_dir = None if args.no_reproducers else args.out
+    specs = [matrix.CellSpec(s, e, platform_file, budget, args.runs, args.seed, engines,
+                             not args.no_corpus_seeds, out_dir, not args.no_minimize, args.minimize_budget)
+             for s in names for e in envs]
+    strategy_names = {s: registry.strategy(s).name for s in names}
+    order = matrix.ordered_for_packing(specs, expected, lambda sp: strategy_names[sp.strategy])
+    quiet = args.quiet or args.format != "text" and not sys.stderr.isatty()
+
+    def progress(done: int, total: int, c: matrix.Cell) -> None:
+        if not quiet:
+            print(f"[{done}/{total}] {c.strategy} @ {c.env}: {c.short()} ({c.seconds:.1f} s)",
+                  file=sys.stderr, flush=True)
+
+    jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
+    ordered = [specs[i] for i in order]
+    cells_ordered = matrix.run_matrix(ordered, jobs, progress)
+    by_spec = dict(zip(order, cells_ordered, strict=True))
+    cells = [by_spec[i] for i in range(len(specs))]
+    mismatches, unknown = (matrix.compare(cells, expected) if expected is not None else (None, None))
+    what = f"{budget:g} s" if budget is not None else ""
+    if args.runs is not None:
+        what = f"{args.runs} programs" + (f" or {budget:g} s" if args.budget is not None else "")
+    header = (f"shootdown matrix: {len(names)} strategies x {len(envs)} environments, "
+              f"budget {what} per cell, engines {'+'.join(engines)}, seed {args.seed}"
+              + (f", platform {platform_file}" if platform_file else ""))
+    if args.format == "json":
+        meta = {"budget_seconds": budget, "runs": args.runs, "seed": args.seed, "engines": list(engines),
+                "platform_file": platform_file, "expected": args.expected}
+        print(json.dumps(matrix.to_json(cells, mismatches, meta, unknown), indent=2))
+    elif args.format == "markdown":
+        print(matrix.render_markdown(cells, mismatches, header, expected))
+    else:
+        print(matrix.render_text(cells, mismatches, header, expected))
+    if expected is not None:
+        return EXIT_VIOLATION if mismatches else EXIT_OK
+    return EXIT_OK if all(c.verdict == "S" for c in cells) else EXIT_VIOLATION
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "matrix", help="fuzz every strategy x environment cell and print the verdict matrix",
+        description="Fuzz every cell of strategies x environments (fuzz/envs.py: the primer's "
+                    "section 2 columns) for a per-cell budget and print S (no violation: programs "
+                    "run, PCT guarantee reached) or U (the checks that fired, with a reproducer).")
+    p.add_argument("--strategy", action="append", metavar="NAME",
+                   help=f"a built-in strategy ({', '.join(registry.STRATEGIES)}); repeatable; "
+                        "default: all three")
+    p.add_argument("--strategy-file", action="append", metavar="PATH",
+                   help="a strategy written in one Python file; repeatable")
+    p.add_argument("--platform-file", metavar="PATH",
+                   help="run every environment on this platform file instead of its own platform")
+    p.add_argument("--env", action="append", metavar="NAME",
+                   help=f"restrict to these environments (repeatable; known: {', '.join(ENVIRONMENTS)})")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help=f"wall-clock budget per cell (default {DEFAULT_BUDGET:g} s unless --runs is given)")
+    p.add_argument("--runs", type=int, metavar="N",
+                   help="program budget per cell (deterministic: the result depends only on --seed)")
+    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help="cells fuzzed in parallel (0: one per CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", action="append", choices=SEEDED_ENGINES,
+                   help="engines to alternate (repeatable; default: random and pct)")
+    p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    p.add_argument("--expected", metavar="FILE",
+                   help="a YAML file of expected verdicts (corpus/expected-matrix.yaml); "
+                        "mismatches are listed and make the exit status 1")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"where the reproducers of U cells go (default {DEFAULT_OUT}/)")
+    p.add_argument("--no-reproducers", action="store_true", help="do not write reproducers")
+    p.add_argument("--no-minimize", action="store_true", help="write reproducers as found")
+    p.add_argument("--minimize-budget", type=float, default=10.0, metavar="SECONDS",
+                   help="time to minimise each reproducer (fuzz.minimize; default 10 s)")
+    p.add_argument("--no-corpus-seeds", action="store_true",
+                   help="do not replay the corpus/ programs that belong to an environment first")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=cmd_matrix)

@@ -1,0 +1,85 @@
+"""Planted bug: GUP-fast re-checks the PMD and the PTE after taking its
+speculative reference, but on a mismatch returns without dropping it.
+
+Kernel: ``gup_fast_pte_range()`` must ``gup_put_folio()`` on every failure
+path after ``try_grab_folio_fast()``; 2667f50e8b81 "mm: introduce a general
+RCU get_user_pages_fast()" had ``put_page(head)``, and the FOLL_PIN rework
+(3faa52c03f44 "mm/gup: track FOLL_PIN pages", 2020) had to rewrite every one
+of those drops to undo the pin bias too ("if pin fails, we need to unpin, a
+simple put_page will not be enough", folded in during review): a failure
+path that skips the drop
+leaks a reference (or a pin) on a page that is no longer mapped, which then
+can never be freed.
+
+Built from the correct full-RCU strategy: only ``gup_fast`` (the machine's
+mm/gup.c copy, one change) differs.
+"""
+
+from pathlib import Path
+
+from impls.machine.cpu import local_irq_restore, local_irq_save, rcu_read_lock
+from impls.machine.gup import WHO, try_grab_folio_fast
+from impls.machine.pgtable import entry_pfn, entry_present, entry_writable, index, is_table_entry
+from impls.machine.pgtable_generic import Ptr, child_of, pte_unmap
+from impls.machine.plugin import load_module_file
+from impls.pt_reclaim import mmu_gather as correct
+
+NAME = "gup-fast-no-put-on-mismatch"
+PLANTED = {"env": "native", "kind": "strategy", "check": "leaked-gup-pin"}
+
+
+def gup_fast(cpu, mm, addr, write):
+    """mm/gup.c: gup_fast() -> gup_fast_pgd_range() -> ... ->
+    gup_fast_pte_range() for one page.  Returns the pinned page or None."""
+    m = cpu.m
+    sw_read = m.sw_read
+    local_irq_save(cpu)
+    yield f"{WHO}:irq_off"
+    f, gen = mm.pgd, mm.pgd_gen
+    for level, name in ((4, "pgd"), (3, "pud")):
+        val = sw_read(cpu, f, gen, index(level, addr), WHO)
+        if not is_table_entry(val):
+            local_irq_restore(cpu)
+            return None
+        child = child_of(cpu, val)
+        if child is None:
+            local_irq_restore(cpu)
+            return None
+        f, gen = child
+        yield f"{WHO}:{name}_read"
+    pmdp = Ptr(f, gen, index(2, addr))
+    pmd = sw_read(cpu, f, gen, pmdp.idx, WHO)
+    child = child_of(cpu, pmd) if is_table_entry(pmd) else None
+    if child is None:
+        local_irq_restore(cpu)
+        return None
+    table, tgen = child  # the table as it was when the PMD was read
+    m.h.emit(cpu.id, "walker_map", who=WHO, pfn=table.pfn, gen=tgen, addr=addr)
+    yield f"{WHO}:pmd_read"
+    # gup_fast_pte_range(): ptem = pte_offset_map(&pmd, addr) maps from the copy
+    rcu_read_lock(cpu)
+    idx = index(1, addr)
+    pte = sw_read(cpu, table, tgen, idx, WHO)
+    page = m.frames.get(entry_pfn(pte)) if entry_present(pte) else None
+    if page is None or (write and not entry_writable(pte)):
+        pte_unmap(cpu)
+        local_irq_restore(cpu)
+        return None
+    yield f"{WHO}:pte_read"
+    if not try_grab_folio_fast(cpu, page, addr):
+        pte_unmap(cpu)
+        local_irq_restore(cpu)
+        return None
+    yield f"{WHO}:grabbed"
+    if pmd != sw_read(cpu, f, gen, pmdp.idx, WHO) or pte != sw_read(cpu, table, tgen, idx, WHO):
+        # BUG: the mismatch path forgets gup_put_folio(): the speculative reference leaks
+        pte_unmap(cpu)
+        local_irq_restore(cpu)
+        return None
+    pte_unmap(cpu)
+    m.h.emit(cpu.id, "walker_unmap", who=WHO, pfn=table.pfn)
+    local_irq_restore(cpu)
+    return page
+
+
+load_module_file(Path(__file__).with_name("_rebind.py"), "helper").rebind(correct, globals())
