@@ -26,6 +26,25 @@ test: $(STAMP) ## run the test suite (derandomized, a few minutes at most)
 demo: $(STAMP) ## replay every litmus program of corpus/ on the three built-in strategies
 	@for f in corpus/*.yaml; do $(BIN)/shootdown run -q "$$f"; echo; done; true
 
+FUZZ_SECONDS ?= 240
+STRATEGY ?=
+.PHONY: fuzz
+fuzz: $(STAMP) ## canary, then each strategy on its SAFE_ON envs for FUZZ_SECONDS (STRATEGY=file.py: yours)
+	$(BIN)/shootdown fuzz --safe-on --budget $(FUZZ_SECONDS) $(if $(STRATEGY),--strategy-file $(STRATEGY))
+
+MATRIX_BUDGET ?= 30
+MATRIX_JOBS ?= 2
+.PHONY: matrix
+matrix: $(STAMP) ## fuzz every strategy x environment cell, compare with corpus/expected-matrix.yaml
+	$(BIN)/shootdown matrix --budget $(MATRIX_BUDGET) --jobs $(MATRIX_JOBS) --expected corpus/expected-matrix.yaml
+
+EXPLORE_SECONDS ?= 600
+EXPLORE_JOBS ?= 2
+DIR ?= explore-out
+.PHONY: explore
+explore: $(STAMP) ## behaviour-guided exploration for EXPLORE_SECONDS, resumable from DIR; writes DIR/report.md
+	$(BIN)/shootdown explore --budget $(EXPLORE_SECONDS) --jobs $(EXPLORE_JOBS) --dir $(DIR)
+
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check impls oracle fuzz tests bench
 

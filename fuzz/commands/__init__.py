@@ -4,4 +4,8 @@ that adds its parser and sets ``func``.  Listed in the order ``--help`` shows.""
 COMMANDS: list[str] = [
     "run",
     "explain",
+    "explore",
+    "matrix",
+    "fuzz",
+    "minimize",
 ]
