@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test demo lint clean
+.PHONY: help venv test demo lint clean bench
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,7 +24,8 @@ test: $(STAMP) ## run the test suite (derandomized, a few minutes at most)
 	$(BIN)/lint-imports
 
 demo: $(STAMP) ## replay every litmus program of corpus/ on the three built-in strategies
-	@for f in corpus/*.yaml; do $(BIN)/shootdown run -q "$$f"; echo; done; true
+	@for f in $$($(BIN)/python -c "from fuzz import corpus; print(*corpus.litmus_files('corpus'))"); do \
+		$(BIN)/shootdown run -q "$$f"; echo; done; true
 
 FUZZ_SECONDS ?= 240
 STRATEGY ?=
@@ -44,6 +45,11 @@ DIR ?= explore-out
 .PHONY: explore
 explore: $(STAMP) ## behaviour-guided exploration for EXPLORE_SECONDS, resumable from DIR; writes DIR/report.md
 	$(BIN)/shootdown explore --budget $(EXPLORE_SECONDS) --jobs $(EXPLORE_JOBS) --dir $(DIR)
+
+bench: $(STAMP) ## print the benchmarks' figures (throughput, engines, detection; ~15 min)
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/detection.py
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check impls oracle fuzz tests bench
