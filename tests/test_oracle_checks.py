@@ -111,17 +111,17 @@ def _checks(src, strategy: str, platform: str | None = None, **env):
 
 CASES = [
     # check, program, broken (strategy, platform, env), safe (strategy, platform, env)
-    ("stale-tlb", TOUCHED_THEN_UNMAPPED, (str(MUT / "oracle_free_before_flush.py"), None, {}),
+    ("stale-tlb", TOUCHED_THEN_UNMAPPED, (str(MUT / "flush_mmu_free_before_flush.py"), None, {}),
      ("direct", None, {})),
-    ("stale-psc", LAZY_CPU_CACHES_TABLE, (str(MUT / "oracle_no_freed_tables.py"), None, {}),
+    ("stale-psc", LAZY_CPU_CACHES_TABLE, (str(MUT / "no_freed_tables.py"), None, {}),
      ("direct", None, {})),
-    ("table-uaf", GUP_VS_MUNMAP_XEN, (str(MUT / "oracle_rcu_free_immediate.py"), None, {}),
+    ("table-uaf", GUP_VS_MUNMAP_XEN, (str(MUT / "rcu_free_without_grace_period.py"), None, {}),
      ("semi-rcu", None, {})),
-    ("leaked-gup-pin", GUP_VS_ZAP, (str(MUT / "oracle_gup_no_recheck.py"), None, {}),
+    ("leaked-gup-pin", GUP_VS_ZAP, (str(MUT / "gup_fast_no_recheck.py"), None, {}),
      ("direct", None, {})),
     ("leaked-xen-pin", ROOT / "corpus" / "xen+exit_mmap+deferred-cr3.yaml",
      ("direct", str(MUT / "xen_stale_cr3.py"), {}), ("direct", "xen-pv", {})),
-    ("ordering", POPULATED_THEN_UNMAPPED, (str(MUT / "oracle_free_before_flush.py"), None, {}),
+    ("ordering", POPULATED_THEN_UNMAPPED, (str(MUT / "flush_mmu_free_before_flush.py"), None, {}),
      ("direct", None, {})),
     ("accounting", POPULATED_THEN_UNMAPPED, (str(MUT / "oracle_leak_tables.py"), None, {}),
      ("direct", None, {})),
@@ -155,7 +155,7 @@ def test_check_silent_on_safe_configuration(check, src, broken, safe):
 def test_ordering_fires_without_any_stale_entry():
     """ordering is schedule-independent: no CPU cached anything, yet freeing
     before the flush is reported."""
-    checks, _ = _checks(POPULATED_THEN_UNMAPPED, str(MUT / "oracle_free_before_flush.py"))
+    checks, _ = _checks(POPULATED_THEN_UNMAPPED, str(MUT / "flush_mmu_free_before_flush.py"))
     assert checks == ["ordering"]
 
 
