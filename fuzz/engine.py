@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from impls.machine.choices import Choices, PCTChoices, RandomChoices
 from impls.machine.plugin import Ops
 from impls.machine.program import Program
-from oracle.verdict import Violation
+from oracle.verdict import Violation, check_names
 
 from .envs import Environment
 from .feedback import keys_of
@@ -64,11 +64,7 @@ class Finding:
 
     @property
     def checks(self) -> list[str]:
-        seen: list[str] = []
-        for v in self.violations:
-            if v.check not in seen:
-                seen.append(v.check)
-        return seen
+        return check_names(self.violations)
 
 
 @dataclass

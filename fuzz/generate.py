@@ -141,6 +141,21 @@ class _State:
     alive: set[int]
 
 
+def op_weights(cfg: GenConfig) -> dict[str, float]:
+    """The operation weights for this configuration: only the operations its
+    machine has (no KVM/IOMMU ops without them), madvise halved without
+    PT_RECLAIM (it then frees no table)."""
+    weights = {k: w for k, w in cfg.weights.items() if w > 0}
+    if not cfg.kvm:
+        weights.pop("kvm_fault", None)
+        weights.pop("kvm_access", None)
+    if not cfg.iommu:
+        weights.pop("iommu_access", None)
+    if cfg.pt_reclaim == "off":
+        weights["madvise"] = weights.get("madvise", 0) * 0.5
+    return weights
+
+
 def generate(draw: Draw, cfg: GenConfig) -> Program:
     cpus = draw.int(*cfg.cpus)
     mms = draw.int(*cfg.mms)
@@ -168,14 +183,7 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
                 setup.append(Op(cpu, "populate", addr=SLOTS[i][0], len=pages * PAGE_SIZE))
                 st.touched[m].update((i, p) for p in range(pages))
     ops: list[Op] = []
-    weights = {k: w for k, w in cfg.weights.items() if w > 0}
-    if not cfg.kvm:
-        weights.pop("kvm_fault", None)
-        weights.pop("kvm_access", None)
-    if not cfg.iommu:
-        weights.pop("iommu_access", None)
-    if cfg.pt_reclaim == "off":
-        weights["madvise"] = weights.get("madvise", 0) * 0.5
+    weights = op_weights(cfg)
     for _ in range(cfg.length):
         cpu = draw.int(0, cpus - 1)
         op = _gen_op(draw, st, cpu, mms, weights)

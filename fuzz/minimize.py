@@ -198,21 +198,21 @@ class Minimizer:
 
     # -- passes --------------------------------------------------------------------------
 
-    def _ddmin_field(self, p: Program, name: str, valid: Callable[[Program], bool] = lambda q: True,
-                     variants: bool = True) -> Program | None:
-        """Greedy delta debugging over a tuple field of the program: remove
-        chunks of len/2, len/4, ..., 1 while the property holds (each accepted
-        candidate re-recorded).  None if nothing could be removed."""
+    @staticmethod
+    def _ddmin(p: Program, seq: Callable[[Program], tuple], without: Callable[[Program, int, int], Program],
+               attempt: Callable[[Program], Program | None]) -> Program | None:
+        """Greedy delta debugging over one sequence of the program: remove
+        chunks of len/2, len/4, ..., 1 while ``attempt`` accepts the candidate
+        (it returns the program to continue from).  None if nothing could be
+        removed."""
         cur = p
         changed = False
-        k = max(1, len(getattr(cur, name)) // 2)
-        while getattr(cur, name):
+        k = max(1, len(seq(cur)) // 2)
+        while seq(cur):
             i = 0
             removed_any = False
-            while i < len(getattr(cur, name)):
-                seq = getattr(cur, name)
-                cand = replace(cur, **{name: seq[:i] + seq[i + k:]})
-                got = self.attempt(cand, variants) if valid(cand) else None
+            while i < len(seq(cur)):
+                got = attempt(without(cur, i, k))
                 if got is not None:
                     cur = got
                     changed = removed_any = True
@@ -222,6 +222,15 @@ class Minimizer:
                 break
             k = max(1, k // 2)
         return cur if changed else None
+
+    def _ddmin_field(self, p: Program, name: str, valid: Callable[[Program], bool] = lambda q: True,
+                     variants: bool = True) -> Program | None:
+        """_ddmin over a tuple field of the program (each accepted candidate re-recorded)."""
+        def without(q: Program, i: int, k: int) -> Program:
+            xs = getattr(q, name)
+            return replace(q, **{name: xs[:i] + xs[i + k:]})
+        return self._ddmin(p, lambda q: getattr(q, name), without,
+                           lambda c: self.attempt(c, variants) if valid(c) else None)
 
     def pass_cpus(self, p: Program) -> Program:
         cur = p
@@ -308,27 +317,18 @@ class Minimizer:
         return cur
 
     def _ddmin_sched(self, p: Program) -> Program | None:
-        cur = p
-        changed = False
-        entries = (cur.schedule or Schedule()).sched
-        k = max(1, len(entries) // 2)
-        while cur.schedule is not None and cur.schedule.sched:
-            i = 0
-            removed_any = False
-            while cur.schedule is not None and i < len(cur.schedule.sched):
-                s = cur.schedule
-                cand = cur.with_schedule(Schedule(s.sched[:i] + s.sched[i + k:], s.flips))
-                run = self.check(cand)
-                if run is not None:
-                    cur = self.accept(cand, run)
-                    cur = self.trim_tail(cur) if self.rerecord else cur
-                    changed = removed_any = True
-                else:
-                    i += k
-            if k == 1 and not removed_any:
-                break
-            k = max(1, k // 2)
-        return cur if changed else None
+        """_ddmin over the schedule's entries (flips kept)."""
+        def without(q: Program, i: int, k: int) -> Program:
+            s = q.schedule
+            return q.with_schedule(Schedule(s.sched[:i] + s.sched[i + k:], s.flips))
+
+        def attempt(cand: Program) -> Program | None:
+            run = self.check(cand)
+            if run is None:
+                return None
+            got = self.accept(cand, run)
+            return self.trim_tail(got) if self.rerecord else got
+        return self._ddmin(p, lambda q: q.schedule.sched if q.schedule is not None else (), without, attempt)
 
     def trim_tail(self, p: Program) -> Program:
         """The shortest prefix of the schedule (entries and flips) that still

@@ -137,8 +137,9 @@ class Verdict:
         return "S" if self.ok else "U"
 
     def checks(self) -> list[str]:
-        seen: list[str] = []
-        for v in self.violations:
-            if v.check not in seen:
-                seen.append(v.check)
-        return seen
+        return check_names(self.violations)
+
+
+def check_names(violations) -> list[str]:
+    """The checks that fired, each once, in the order they first fired."""
+    return list(dict.fromkeys(v.check for v in violations))

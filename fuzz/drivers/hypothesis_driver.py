@@ -46,7 +46,7 @@ from impls.machine.program import Program
 from ..engine import Finding, Stats, finding_signature, iteration_seed
 from ..envs import Environment
 from ..feedback import keys_of
-from ..generate import SLOTS, GenConfig, _gen_op, _State, generate
+from ..generate import SLOTS, GenConfig, _gen_op, _State, generate, op_weights
 from ..run import Lockstep, run_lockstep
 from .tape import Tape, TapeChoices
 
@@ -127,14 +127,7 @@ def generate_shrinkable(draw: HypothesisDraw, cfg: GenConfig) -> Program:
         slot = next(i for i, (s, _) in enumerate(SLOTS) if s == op.addr)
         touched[m].update((slot, p) for p in range(op.len // 0x1000))
     st_ = _State(mapped, touched, list(base.start), set(range(mms)))
-    weights = {k: w for k, w in cfg.weights.items() if w > 0}
-    if not cfg.kvm:
-        weights.pop("kvm_fault", None)
-        weights.pop("kvm_access", None)
-    if not cfg.iommu:
-        weights.pop("iommu_access", None)
-    if cfg.pt_reclaim == "off":
-        weights["madvise"] = weights.get("madvise", 0) * 0.5
+    weights = op_weights(cfg)
     ops = []
     for _ in range(cfg.length):
         draw.start_span(OP_SPAN)
