@@ -45,8 +45,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import mutants  # noqa: E402
 
 from fuzz.engine import ENGINES, Finding, Stats, fuzz_iter  # noqa: E402
+from fuzz.session import DEFAULT_LENGTH  # noqa: E402
 
-LENGTH = 32
+#: program length (operations); --length, default the fuzz command's
+LENGTH = DEFAULT_LENGTH
 MAX_PROGRAMS = 2000
 MAX_SECONDS = 30.0
 
@@ -184,28 +186,60 @@ def minimised_size(m: mutants.Mutant, budget: float) -> tuple[dict[str, int], di
     return {}, {}, 0.0
 
 
+def search(m: mutants.Mutant, engine: str, seed: int, max_programs: int, max_seconds: float) -> Search:
+    if engine in ("random", "pct"):
+        return search_seeded(m, engine, seed, max_programs, max_seconds)
+    if engine == "hypothesis":
+        return search_hypothesis(m, seed, max_programs, max_seconds)
+    return search_atheris(m, seed, max_programs, max_seconds)
+
+
+def _search_task(name: str, engine: str, seed: int, max_programs: int, max_seconds: float,
+                 length: int, strict: bool) -> Search:
+    """One search in a worker process (--jobs): the module settings travel as arguments."""
+    global LENGTH, STRICT
+    LENGTH, STRICT = length, strict
+    m = next(b for b in mutants.discover() if b.name == name)
+    return search(m, engine, seed, max_programs, max_seconds)
+
+
 def run(bugs: list[mutants.Mutant], engines: list[str], seeds: int, max_programs: int, max_seconds: float,
-        minimize_budget: float, progress) -> list[Row]:
-    rows = []
-    for m in bugs:
-        row = Row(m.name, m.env, m.check)
-        for engine in engines:
-            out = []
-            for seed in range(seeds):
-                if engine in ("random", "pct"):
-                    s = search_seeded(m, engine, seed, max_programs, max_seconds)
-                elif engine == "hypothesis":
-                    s = search_hypothesis(m, seed, max_programs, max_seconds)
-                else:
-                    s = search_atheris(m, seed, max_programs, max_seconds)
-                out.append(s)
-            row.searches[engine] = out
+        minimize_budget: float, progress, jobs: int = 1) -> list[Row]:
+    """Every (bug, engine, seed) search, ``jobs`` at a time in worker processes
+    (each search is single-threaded: one search per core)."""
+    rows = {m.name: Row(m.name, m.env, m.check) for m in bugs}
+    todo = [(m, e) for m in bugs for e in engines]
+    done: dict[tuple[str, str], list[Search]] = {}
+
+    def record(m: mutants.Mutant, engine: str, s: Search) -> None:
+        out = done.setdefault((m.name, engine), [])
+        out.append(s)
+        if len(out) == seeds:
+            row = rows[m.name]
+            row.searches[engine] = sorted(out, key=lambda x: x.seed)
             progress(f"{m.name:34} {engine:10} programs {_fmt(row.median(engine, 'programs'), max_programs)} "
                      f"time {_fmt_s(row.median(engine, 'seconds'))} found {row.found(engine)}/{seeds}")
+
+    if jobs <= 1:
+        for m, engine in todo:
+            for seed in range(seeds):
+                record(m, engine, search(m, engine, seed, max_programs, max_seconds))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futs = {pool.submit(_search_task, m.name, e, seed, max_programs, max_seconds, LENGTH, STRICT):
+                    (m, e) for m, e in todo for seed in range(seeds)}
+            from concurrent.futures import as_completed
+            for fut in as_completed(futs):
+                m, engine = futs[fut]
+                record(m, engine, fut.result())
+    for m in bugs:
         if minimize_budget > 0:
+            row = rows[m.name]
             row.raw_size, row.min_size, row.minimize_seconds = minimised_size(m, minimize_budget)
-        rows.append(row)
-    return rows
+    return [rows[m.name] for m in bugs]
 
 
 def _fmt(x: float, cap: int) -> str:
@@ -279,7 +313,7 @@ def table(rows: list[Row], engines: list[str], seeds: int, max_programs: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    global MAX_SECONDS, STRICT
+    global MAX_SECONDS, STRICT, LENGTH
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bugs", help="comma-separated planted bug names (default: all)")
     ap.add_argument("--engines", help=f"comma-separated engines (default: all of {', '.join(ENGINES)} available)")
@@ -287,11 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-programs", type=int, default=MAX_PROGRAMS)
     ap.add_argument("--max-seconds", type=float, default=MAX_SECONDS)
     ap.add_argument("--minimize-budget", type=float, default=10.0)
+    ap.add_argument("--length", type=int, default=LENGTH,
+                    help=f"operations per generated program (default {LENGTH}, the fuzz command's)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="searches run at once, one process each (default 1; at most the cores)")
     ap.add_argument("--strict", action="store_true", help="count only findings of the expected check")
     ap.add_argument("--format", choices=("markdown", "json"), default="markdown")
     args = ap.parse_args(argv)
     MAX_SECONDS = args.max_seconds
     STRICT = args.strict
+    LENGTH = args.length
     bugs = mutants.discover()
     if args.bugs:
         want = args.bugs.split(",")
@@ -303,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             engines.remove("atheris")
     rows = run(bugs, engines, args.seeds, args.max_programs, args.max_seconds, args.minimize_budget,
-               lambda s: print(s, file=sys.stderr, flush=True))
+               lambda s: print(s, file=sys.stderr, flush=True), jobs=args.jobs)
     if args.format == "json":
         print(json.dumps([{"bug": r.bug, "env": r.env, "check": r.check,
                            "searches": {e: [s.__dict__ for s in ss] for e, ss in r.searches.items()},
