@@ -424,7 +424,12 @@ class Session:
             if kind in ("stats", "done"):
                 live[w] = msg[2]
             elif kind == "finding":
-                item = (msg[2], time.monotonic() - t0, _merged(live).programs)
+                f = msg[2]
+                programs = _merged(live).programs
+                if f.engine == "atheris" and f.iteration > 0:
+                    # exact for the finding worker (its input count), periodic for the others
+                    programs = f.iteration + sum(st.programs for k, st in live.items() if k != w)
+                item = (f, time.monotonic() - t0, programs)
                 if inproc:
                     handle(*item)
                 else:
