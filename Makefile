@@ -46,10 +46,11 @@ DIR ?= explore-out
 explore: $(STAMP) ## behaviour-guided exploration for EXPLORE_SECONDS, resumable from DIR; writes DIR/report.md
 	$(BIN)/shootdown explore --budget $(EXPLORE_SECONDS) --jobs $(EXPLORE_JOBS) --dir $(DIR)
 
+BENCH_JOBS ?= 2
 bench: $(STAMP) ## print the benchmarks' figures (throughput, engines, detection; ~15 min)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/engines.py
-	$(BIN)/python bench/detection.py
+	$(BIN)/python bench/detection.py --jobs $(BENCH_JOBS)
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check impls oracle fuzz tests bench
