@@ -30,7 +30,8 @@ ALLOWANCES = ("frame numbers", "flush timing and count", "IPI count", "RCU callb
               "absolute-check verdicts (reported per strategy)")
 
 _MUTATING_RANGE = ("munmap", "madvise", "mmap", "populate")
-_MUTATING_PAGE = ("access", "kvm_fault")
+#: kvm_access faults the page in (kvm_fault, slow GUP) on an spte miss
+_MUTATING_PAGE = ("access", "kvm_fault", "kvm_access")
 
 
 def _possible_mms(program: Program, dying: set[int]) -> tuple[dict[int, list[tuple[set, object]]], set[int], bool]:

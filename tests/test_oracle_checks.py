@@ -189,7 +189,7 @@ def test_builtins_never_diverge_on_generated_programs():
     from fuzz.envs import ENVIRONMENTS
     from fuzz.generate import RandomDraw, generate
     strategies = [registry.strategy(n) for n in registry.STRATEGIES]
-    for name in ("native", "xen-pv", "broadcast", "native+pt-reclaim"):
+    for name in ("native", "xen-pv", "broadcast", "native+pt-reclaim", "native+secondary-mmu"):
         env = ENVIRONMENTS[name]
         for seed in range(25):
             prog = generate(RandomDraw(seed), env.gen_config(32))
@@ -218,3 +218,36 @@ ops:
     robust = robust_pages(prog)
     assert robust[(0, 0x202000)] is False   # CPU2's madvise may hit mm0 if its switch is skipped
     assert (1, 0x202000) not in robust or robust[(1, 0x202000)] is False  # mm1 exits
+
+
+def test_kvm_access_makes_pages_racy():
+    """kvm_access faults the page in on an spte miss (kvm_fault -> slow GUP), so
+    it mutates the mapping like a user access: a page it may touch from another
+    CPU than an mmap/munmap of the same page is not schedule-robust."""
+    from oracle.divergence import robust_pages
+    prog = _program("""
+shootdown: 1
+cpus: 2
+start: [0, 0]
+env: {kvm: true}
+vmas: [{mm: 0, start: 0x200000, len: 0x200000}]
+ops:
+  - {cpu: 0, op: kvm_access, addr: 0x400000}
+  - {cpu: 1, op: mmap, addr: 0x400000, len: 0x200000}
+""")
+    assert robust_pages(prog)[(0, 0x400000)] is False
+
+
+def test_no_false_divergence_kvm_access_vs_mmap():
+    """Regression: `make fuzz` (seed 0, native+secondary-mmu, iteration 1094)
+    reported 'direct and semi-rcu disagree on mm0 0x400000 mapped': CPU0's
+    kvm_access faulted the page in before or after CPU2's mmap of its VMA,
+    depending on the schedule, and the oracle took the page for robust."""
+    from fuzz.engine import fuzz_iter
+    from fuzz.envs import ENVIRONMENTS
+    from fuzz.session import SWARM
+    env = ENVIRONMENTS["native+secondary-mmu"]
+    strategies = [registry.strategy(n) for n in registry.STRATEGIES]
+    found = list(fuzz_iter(strategies, registry.platform(env.platform), env, "random", seed=0, length=128,
+                           start=1094, stop=lambda i: i > 1094, swarm=SWARM))
+    assert [f.signature for f in found] == []
