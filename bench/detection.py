@@ -19,10 +19,14 @@ through fuzz.session) when atheris is installed.
     .venv/bin/python bench/detection.py --engines random,pct --seeds 7
     .venv/bin/python bench/detection.py --bugs mm_users_shortcut --format json
 
-Time-to-find includes program generation and the oracle; for atheris it also
-includes starting its child process and libFuzzer (a tenth of a second), and its
-programs-to-find is the worker's input count when it found the bug (libFuzzer's
-initial empty and seed inputs included).
+The searches run as work units of the execution layer (fuzz.work,
+fuzz.execution), ``--jobs`` local workers or ``--cluster``: time-to-find is
+in worker-seconds (the units before the hit, and the share of the unit that
+found it up to the finding), program generation and the oracle included; for
+atheris it also includes starting libFuzzer's child process (a tenth of a
+second), and its programs-to-find is the input count when it found the bug
+(libFuzzer's initial empty and seed inputs included).  Programs-to-find of
+the seeded engines does not depend on --jobs.
 Hypothesis shrinks a finding before reporting it; its time-to-find includes a
 shrink of at most 1 s.  A finding counts when it is any violation on the
 mutant (``--strict``: of the bug's expected check), since the mutant is the
@@ -46,7 +50,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import mutants  # noqa: E402
 
 from fuzz.engine import ENGINES, Finding, Stats, fuzz_iter  # noqa: E402
-from fuzz.session import DEFAULT_LENGTH  # noqa: E402
+from fuzz.envs import ENVIRONMENTS  # noqa: E402
+from fuzz.execution import drive, executor  # noqa: E402
+from fuzz.session import DEFAULT_LENGTH, HYPOTHESIS_CHUNK  # noqa: E402
+from fuzz.work import Cell, FuzzResult, FuzzUnit, make_cell  # noqa: E402
 
 #: program length (operations); --length, default the fuzz command's
 LENGTH = DEFAULT_LENGTH
@@ -100,71 +107,142 @@ def _hit(su: mutants.Setup, f: Finding, check: str) -> bool:
     return any(v.check == check for v in f.violations) if STRICT else bool(f.violations)
 
 
-def search_seeded(m: mutants.Mutant, engine: str, seed: int, max_programs: int, max_seconds: float) -> Search:
+@dataclass
+class _Job:
+    """One search (bug, engine, seed) as a source of work units: positions of
+    its cell, until the first hit or the budget (programs, worker-seconds)."""
+
+    m: mutants.Mutant
+    engine: str
+    seed: int
+    su: mutants.Setup
+    cell: Cell
+    blobs: dict
+    next_pos: int = 0
+    used: float = 0.0
+    inflight: int = 0
+    size: int = 8
+    done_units: list = field(default_factory=list)   # (start, stop, FuzzResult)
+    hit: tuple | None = None                         # (position, programs, Finding, unit start, FuzzResult)
+    closed: bool = False
+    error: str | None = None
+
+
+def _job(m: mutants.Mutant, engine: str, seed: int) -> _Job:
     su = mutants.setup(m)
-    stats = Stats()
-    t0 = time.perf_counter()
-    stop = lambda i: i >= max_programs or time.perf_counter() - t0 >= max_seconds  # noqa: E731
-    for f in fuzz_iter(su.strategies, su.platform, su.env, engine, seed=seed, length=LENGTH, stop=stop,
-                       stats=stats):
-        if _hit(su, f, m.check):
-            dt = time.perf_counter() - t0
-            return Search(engine, seed, stats.programs, dt, stats.programs, dt)
-    return Search(engine, seed, None, None, stats.programs, time.perf_counter() - t0)
-
-
-def search_hypothesis(m: mutants.Mutant, seed: int, max_programs: int, max_seconds: float) -> Search:
-    from fuzz.drivers.hypothesis_driver import hypothesis_iter
-    su = mutants.setup(m)
-    stats = Stats()
-    t0 = time.perf_counter()
-
-    def should_stop() -> bool:
-        return stats.programs >= max_programs or time.perf_counter() - t0 >= max_seconds
-
-    for f in hypothesis_iter(su.strategies, su.platform, su.env, seed, LENGTH, should_stop=should_stop,
-                             stats=stats, shrink_budget=1.0):
-        if _hit(su, f, m.check):
-            dt = time.perf_counter() - t0
-            return Search("hypothesis", seed, stats.programs, dt, stats.programs, dt)
-    return Search("hypothesis", seed, None, None, stats.programs, time.perf_counter() - t0)
-
-
-def search_atheris(m: mutants.Mutant, seed: int, max_programs: int, max_seconds: float) -> Search:
-    """Through fuzz.session (libFuzzer runs in a child process)."""
-    from fuzz.envs import ENVIRONMENTS
-    from fuzz.session import CellSpec, Plan, Session
-    if m.env not in ENVIRONMENTS:
-        return Search("atheris", seed, None, None)  # an environment fuzz.session does not know
-    su = mutants.setup(m)
-    specs = tuple(s.source if str(s.source).endswith(".py") else s.name for s in su.strategies)
+    strategies = [s.source if str(s.source).endswith(".py") else s.name for s in su.strategies]
     platform = str(m.path) if m.kind == "platform" else su.env.platform
-    hit: list = []
-    session: Session
+    blobs: dict = {}
+    return _Job(m, engine, seed, su, make_cell(strategies, platform, m.env, blobs), blobs)
 
-    def on_finding(rep) -> None:
-        if hit:
+
+class _Searches:
+    """Every search as one campaign on the execution layer (fuzz.execution)."""
+
+    def __init__(self, jobs: list[_Job], max_programs: int, max_seconds: float, record) -> None:
+        self.jobs = jobs
+        self.max_programs = max_programs
+        self.max_seconds = max_seconds
+        self.record = record
+        self.capacity = 1
+
+    def _over(self, j: _Job) -> bool:
+        return (j.next_pos >= self._limit(j) or j.used >= self.max_seconds
+                or (j.hit is not None and j.next_pos > j.hit[0]) or j.error is not None)
+
+    def _limit(self, j: _Job) -> int:
+        if j.engine == "hypothesis":
+            return -(-self.max_programs // HYPOTHESIS_CHUNK)
+        if j.engine == "atheris":
+            return 1
+        return self.max_programs
+
+    def next_unit(self):
+        open_jobs = [j for j in self.jobs if not j.closed]
+        cap = max(1, -(-self.capacity // max(1, len(open_jobs))))
+        for j in open_jobs:
+            if j.inflight >= cap:
+                continue
+            if self._over(j):
+                if j.inflight == 0:
+                    self._close(j)
+                continue
+            a = j.next_pos
+            b = min(a + j.size, self._limit(j)) if j.engine in ("random", "pct") else a + 1
+            if j.hit is not None:
+                b = min(b, j.hit[0])
+            j.next_pos = b
+            j.inflight += 1
+            left = max(0.1, self.max_seconds - j.used)
+            if j.engine in ("random", "pct"):
+                unit = FuzzUnit(j.cell, j.seed, LENGTH, a, b, (j.engine,))
+            elif j.engine == "hypothesis":
+                unit = FuzzUnit(j.cell, j.seed, LENGTH, a, b, ("hypothesis",), first_only=True, seconds=left,
+                                max_programs=min(HYPOTHESIS_CHUNK, self.max_programs - a * HYPOTHESIS_CHUNK),
+                                options=(("shrink_budget", 1.0),))
+            else:
+                unit = FuzzUnit(j.cell, j.seed, LENGTH, 0, 1, ("atheris",), first_only=True, seconds=left,
+                                max_programs=self.max_programs)
+            return unit, {k: j.blobs[k] for k in unit.blobs()}, (j, unit)
+        return None
+
+    def absorb(self, tag, res: FuzzResult) -> None:
+        j, unit = tag
+        j.inflight -= 1
+        j.used += res.seconds
+        if res.error or res.crash or res.watchdog:
+            j.error = res.error or res.crash or str(res.watchdog)
+        j.done_units.append((unit.start, unit.stop, res))
+        if j.engine in ("random", "pct") and res.done and res.seconds > 0:
+            j.size = max(1, min(1024, int(res.done / res.seconds)))
+        for pos, f in res.findings:
+            if _hit(j.su, f, j.m.check) and (j.hit is None or pos < j.hit[0]):
+                j.hit = (pos, res.programs_at.get(f.signature, 0), f, unit.start, res)
+        if j.inflight == 0 and self._over(j):
+            self._close(j)
+
+    def failed(self, tag, error: str) -> None:
+        j, _ = tag
+        j.inflight -= 1
+        j.error = error
+        if j.inflight == 0:
+            self._close(j)
+
+    def _close(self, j: _Job) -> None:
+        if j.closed:
             return
-        if (m.check == "divergence" and rep.signature.startswith("divergence|")) or \
-                (rep.strategy == su.target and (m.check in rep.checks or not STRICT)):
-            hit.append(rep)
-            session.stop.set()
+        j.closed = True
+        self.record(j.m, j.engine, _outcome(j))
 
-    plan = Plan([CellSpec(specs, platform, m.env)], engine="atheris", seed=seed, length=LENGTH, jobs=1,
-                runs=max_programs, budget=max_seconds, write=False, minimize_budget=0.01,
-                command="bench/detection.py")
-    session = Session(plan, on_finding=on_finding)
-    summary = session.run() if hasattr(session, "run") else None
-    cell = summary.cells[0] if summary is not None and summary.cells else None
-    spent = cell.stats.programs if cell is not None else 0
-    secs = cell.fuzz_seconds if cell is not None else 0.0
-    if hit:
-        # one worker: found_after_programs is its exact input count
-        return Search("atheris", seed, hit[0].found_after_programs, hit[0].found_after, spent, secs)
-    return Search("atheris", seed, None, None, spent, secs)
+    def finished(self) -> bool:
+        for j in self.jobs:
+            if not j.closed and j.inflight == 0 and self._over(j):
+                self._close(j)
+        return all(j.closed for j in self.jobs)
 
 
-def minimised_size(m: mutants.Mutant, budget: float) -> tuple[dict[str, int], dict[str, int], float]:
+def _outcome(j: _Job) -> Search:
+    """Programs and worker-seconds to the hit: the units before it whole, the
+    unit that found it prorated to the finding."""
+    spent_p = sum(r.stats.programs for _, _, r in j.done_units)
+    spent_s = sum(r.seconds for _, _, r in j.done_units)
+    if j.error is not None:
+        print(f"  {j.m.name} {j.engine} seed {j.seed}: {j.error.strip().splitlines()[-1]}", file=sys.stderr)
+    if j.hit is None:
+        return Search(j.engine, j.seed, None, None, spent_p, spent_s)
+    pos, at, f, start, res = j.hit
+    before = [r for a, _, r in j.done_units if a < start]
+    programs = sum(r.stats.programs for r in before) + at
+    share = at / res.stats.programs if res.stats.programs else 1.0
+    seconds = sum(r.seconds for r in before) + res.seconds * share
+    if j.engine in ("random", "pct"):
+        programs = pos + 1
+    elif j.engine == "atheris":
+        programs = at
+    return Search(j.engine, j.seed, programs, seconds, spent_p, spent_s)
+
+
+def minimised_size(m: mutants.Mutant, attempts: int) -> tuple[dict[str, int], dict[str, int], float]:
     """Raw and minimised size of the first random-engine finding (seed 0)."""
     from fuzz.minimize import minimize, size_of
     su = mutants.setup(m)
@@ -182,37 +260,19 @@ def minimised_size(m: mutants.Mutant, budget: float) -> tuple[dict[str, int], di
         sig = f.signature if div else v.signature()
         t0 = time.perf_counter()
         try:
-            res = minimize(f.program, target, su.platform, sig, budget, biases=su.env.choice_biases(),
-                           lockstep=su.strategies if div else None)
+            res = minimize(f.program, target, su.platform, sig, None, biases=su.env.choice_biases(),
+                           lockstep=su.strategies if div else None, attempts=attempts)
         except ValueError:
             return raw, {}, time.perf_counter() - t0
         return raw, res.after, res.seconds
     return {}, {}, 0.0
 
 
-def search(m: mutants.Mutant, engine: str, seed: int, max_programs: int, max_seconds: float) -> Search:
-    if engine in ("random", "pct"):
-        return search_seeded(m, engine, seed, max_programs, max_seconds)
-    if engine == "hypothesis":
-        return search_hypothesis(m, seed, max_programs, max_seconds)
-    return search_atheris(m, seed, max_programs, max_seconds)
-
-
-def _search_task(name: str, engine: str, seed: int, max_programs: int, max_seconds: float,
-                 length: int, strict: bool) -> Search:
-    """One search in a worker process (--jobs): the module settings travel as arguments."""
-    global LENGTH, STRICT
-    LENGTH, STRICT = length, strict
-    m = next(b for b in mutants.discover() if b.name == name)
-    return search(m, engine, seed, max_programs, max_seconds)
-
-
 def run(bugs: list[mutants.Mutant], engines: list[str], seeds: int, max_programs: int, max_seconds: float,
-        minimize_budget: float, progress, jobs: int = 1) -> list[Row]:
-    """Every (bug, engine, seed) search, ``jobs`` at a time in worker processes
-    (each search is single-threaded: one search per core)."""
+        minimize_attempts: int, progress, jobs: int = 1, cluster: str | None = None) -> list[Row]:
+    """Every (bug, engine, seed) search as work units of the execution layer
+    (fuzz.execution: ``jobs`` local workers, or a Dask cluster)."""
     rows = {m.name: Row(m.name, m.env, m.check) for m in bugs}
-    todo = [(m, e) for m in bugs for e in engines]
     done: dict[tuple[str, str], list[Search]] = {}
 
     def record(m: mutants.Mutant, engine: str, s: Search) -> None:
@@ -224,25 +284,18 @@ def run(bugs: list[mutants.Mutant], engines: list[str], seeds: int, max_programs
             progress(f"{m.name:34} {engine:10} programs {_fmt(row.median(engine, 'programs'), max_programs)} "
                      f"time {_fmt_s(row.median(engine, 'seconds'))} found {row.found(engine)}/{seeds}")
 
-    if jobs <= 1:
-        for m, engine in todo:
-            for seed in range(seeds):
-                record(m, engine, search(m, engine, seed, max_programs, max_seconds))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futs = {pool.submit(_search_task, m.name, e, seed, max_programs, max_seconds, LENGTH, STRICT):
-                    (m, e) for m, e in todo for seed in range(seeds)}
-            from concurrent.futures import as_completed
-            for fut in as_completed(futs):
-                m, engine = futs[fut]
-                record(m, engine, fut.result())
+    source = _Searches([_job(m, e, seed) for m in bugs for e in engines for seed in range(seeds)
+                        if e != "atheris" or m.env in ENVIRONMENTS], max_programs, max_seconds, record)
+    ex = executor(jobs, cluster)
+    source.capacity = ex.capacity()
+    try:
+        drive(ex, source)
+    finally:
+        ex.close()
     for m in bugs:
-        if minimize_budget > 0:
+        if minimize_attempts > 0:
             row = rows[m.name]
-            row.raw_size, row.min_size, row.minimize_seconds = minimised_size(m, minimize_budget)
+            row.raw_size, row.min_size, row.minimize_seconds = minimised_size(m, minimize_attempts)
     return [rows[m.name] for m in bugs]
 
 
@@ -324,11 +377,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--max-programs", type=int, default=MAX_PROGRAMS)
     ap.add_argument("--max-seconds", type=float, default=MAX_SECONDS)
-    ap.add_argument("--minimize-budget", type=float, default=10.0)
+    ap.add_argument("--minimize-attempts", type=int, default=3000,
+                    help="runs to minimise the first finding of each bug (0: skip)")
     ap.add_argument("--length", type=int, default=LENGTH,
                     help=f"operations per generated program (default {LENGTH}, the fuzz command's)")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="searches run at once, one process each (default 1; at most the cores)")
+                    help="local worker processes (default 1; searches are cut into work units)")
+    ap.add_argument("--cluster", metavar="ADDRESS", help="run the searches on a Dask cluster (tcp://host:8786)")
     ap.add_argument("--strict", action="store_true", help="count only findings of the expected check")
     ap.add_argument("--format", choices=("markdown", "json"), default="markdown")
     args = ap.parse_args(argv)
@@ -345,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             import atheris  # noqa: F401
         except ImportError:
             engines.remove("atheris")
-    rows = run(bugs, engines, args.seeds, args.max_programs, args.max_seconds, args.minimize_budget,
-               lambda s: print(s, file=sys.stderr, flush=True), jobs=args.jobs)
+    rows = run(bugs, engines, args.seeds, args.max_programs, args.max_seconds, args.minimize_attempts,
+               lambda s: print(s, file=sys.stderr, flush=True), jobs=args.jobs, cluster=args.cluster)
     if args.format == "json":
         print(json.dumps([{"bug": r.bug, "env": r.env, "check": r.check,
                            "searches": {e: [s.__dict__ for s in ss] for e, ss in r.searches.items()},

@@ -165,12 +165,14 @@ def _result(stats: FoundStats) -> dict:
 
 
 def _search_atheris(bug: Bug, length: int, seed: int, variant: str, stats: FoundStats) -> dict:
+    from types import SimpleNamespace
+
     from fuzz.drivers.atheris_driver import atheris_loop
-    from fuzz.session import CellSpec, WorkerSpec
     mode, coverage = {"behaviour": ("bytes", "behaviour"), "lines": ("bytes", "lines"), "-": ("bytes", "behaviour"),
                       "hypothesis-input": ("hypothesis", "behaviour")}[variant]
-    spec = WorkerSpec(CellSpec((), "", ""), "atheris", seed, length, 0, 1, None, None,
-                      (("atheris_input", mode), ("atheris_coverage", coverage)))
+    options = {"atheris_input": mode, "atheris_coverage": coverage}
+    spec = SimpleNamespace(option=lambda name, default=None: options.get(name, default), length=length, runs=None,
+                           jobs=1, worker=0, seed=seed)
     out = _CHILD_CONN[0]
 
     def send(msg: tuple) -> None:

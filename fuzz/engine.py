@@ -192,13 +192,21 @@ def fuzz_iter(strategies: list[Ops], platform: Ops, env: Environment, engine: st
     k_steps = pct_k_steps(length)
     i = start
     while not stop(i):
-        s = iteration_seed(seed, i)
-        use_swarm = swarm > 0.0 and (swarm >= 1.0 or random.Random(s ^ 0x3C3C3C3C).random() < swarm)
-        program = generate(RandomDraw(s), swarm_config(cfg, s) if use_swarm else cfg)
-        res = fuzz_one(program, strategies, platform, engine, s, env, k_steps)
+        program, res, s = fuzz_program(strategies, platform, env, engine, seed, i, cfg, k_steps, swarm)
         stats.account(res)
         yield from findings_of(res, program, stats, s, env, i, engine)
         i += step
+
+
+def fuzz_program(strategies: list[Ops], platform: Ops, env: Environment, engine: str, seed: int, i: int,
+                 cfg: GenConfig, k_steps: int, swarm: float = 0.0) -> tuple[Program, Lockstep, int]:
+    """Iteration ``i`` of a seeded engine: its program (generated from
+    ``iteration_seed(seed, i)``, from a swarm subset of operations for the
+    ``swarm`` fraction of seeds), the lockstep run, and the iteration seed."""
+    s = iteration_seed(seed, i)
+    use_swarm = swarm > 0.0 and (swarm >= 1.0 or random.Random(s ^ 0x3C3C3C3C).random() < swarm)
+    program = generate(RandomDraw(s), swarm_config(cfg, s) if use_swarm else cfg)
+    return program, fuzz_one(program, strategies, platform, engine, s, env, k_steps), s
 
 
 def pct_k_steps(length: int) -> int:

@@ -63,6 +63,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -90,11 +91,13 @@ from . import findings as findings_mod
 from .drivers.tape import Tape, TapeChoices
 from .engine import Finding, Stats, findings_of, iteration_seed
 from .envs import ENVIRONMENTS, Environment
+from .execution import ExecutionError, InProcess, check_jobs, drive, executor
 from .feedback import keys_of
 from .generate import BytesDraw, GenConfig, generate
-from .minimize import DEFAULT_BUDGET as DEFAULT_MINIMIZE_BUDGET
-from .minimize import minimize, size_of
+from .minimize import DEFAULT_ATTEMPTS, minimize, size_of
 from .run import Lockstep, run_lockstep, run_program
+from .watchdog import WATCHDOG, WATCHDOG_SECONDS
+from .work import Plugin, Result, code_version, materialise, plugin_ref
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the packages whose coverage guides the search and is reported
@@ -428,6 +431,18 @@ class Worker:
         for cls, sig in signatures:
             self.sigmem.setdefault(tuple(cls), set()).add(sig)
 
+    def checkpoint(self) -> tuple:
+        """What :meth:`rollback` restores: the corpus as the hub has it."""
+        return ({t: len(p) for t, p in self.pool.items()}, set(self.known_keys), set(self.known_arcs),
+                {k: set(v) for k, v in self.sigmem.items()})
+
+    def rollback(self, snap: tuple) -> None:
+        lens, keys, arcs, sigmem = snap
+        for t, n in lens.items():
+            del self.pool[t][n:]
+            del self.cum[t][n:]
+        self.known_keys, self.known_arcs, self.sigmem = keys, arcs, sigmem
+
     def _pick(self, rng: random.Random, target: str) -> bytes:
         pool, cum = self.pool[target], self.cum[target]
         return pool[bisect_right(cum, rng.randrange(cum[-1]))]
@@ -511,118 +526,108 @@ def entry_weight(new_keys: int, new_arcs: int) -> int:
     return 1 + min(8, new_keys + new_arcs // 8)
 
 
-# -- parallel workers ----------------------------------------------------------------------------
-
-class _InProcess:
-    """One worker in this process (``--jobs 1``): exact and debuggable."""
-
-    def __init__(self, config: Config, engine: str, arcs: bool) -> None:
-        self.worker = Worker(config, engine, arcs)
-        self.jobs = 1
-
-    def sync_all(self, entries, keys, arcs, signatures) -> None:
-        self.worker.sync(entries, keys, arcs, signatures)
-
-    def run(self, assignment: list[list[int]], deadline: float | None, should_stop, clock,
-            syncs: list[tuple]) -> list[BatchResult]:
-        return [self.worker.run_batch(assignment[0], deadline, should_stop, clock)]
-
-    def close(self) -> None:
-        pass
+# -- the work units: batches against the corpus hub --------------------------------------------------
 
 
-def _worker_main(conn, config_json: dict, engine: str, arcs: bool, stop_event, clock0: float) -> None:
-    """A worker process: batches in, results out, until told to exit."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    try:
-        worker = Worker(Config.from_json(config_json), engine, arcs)
-        conn.send(("ready", None))
-    except BaseException as e:  # reported by the parent as one line
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        return
-    clock = lambda: time.monotonic() - clock0
-    while True:
-        msg = conn.recv()
-        if msg[0] == "exit":
-            return
-        if msg[0] == "sync":
-            worker.sync(*msg[1])
-            continue
-        _, iterations, deadline_in, sync = msg
-        worker.sync(*sync)
-        deadline = None if deadline_in is None else time.monotonic() + deadline_in
+class Hub:
+    """The corpus hub (syzkaller's, in small): what the committed batches
+    added (corpus inputs, keys, arcs, finding signatures), as numbered
+    *deltas* in blobs of the execution layer, so a worker receives each delta
+    once and a new worker all of them.  Blobs are merged as they grow (two of
+    the same size into one, a binary counter), so a unit names O(log n)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.groups: list[tuple[str, list[tuple[int, tuple]]]] = []   # (blob key, [(id, delta)])
+        self.next_id = 0
+        self.forgotten: list[str] = []
+
+    def add(self, entries: list[tuple[str, bytes, int]], keys: list[str], arcs: list[str],
+            signatures: list[tuple[tuple, str]]) -> None:
+        delta = (tuple(entries), tuple(keys), tuple(arcs), tuple(signatures))
+        self.groups.append((self._key(self.next_id, self.next_id), [(self.next_id, delta)]))
+        self.next_id += 1
+        while len(self.groups) > 1 and len(self.groups[-1][1]) == len(self.groups[-2][1]):
+            (k1, a), (k2, b) = self.groups[-2], self.groups[-1]
+            self.forgotten += [k1, k2]
+            self.groups[-2:] = [(self._key(a[0][0], b[-1][0]), a + b)]
+
+    def _key(self, lo: int, hi: int) -> str:
+        return f"hub-{self.name}-{lo}-{hi}"
+
+    def blobs(self) -> dict[str, Any]:
+        return {k: tuple(v) for k, v in self.groups}
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.groups)
+
+
+@dataclass
+class ExploreResult(Result):
+    batch: BatchResult = field(default_factory=BatchResult)
+
+
+#: worker-side replicas of the hub: (exploration, engine, arcs) -> [Worker, next delta id]
+_REPLICAS: dict[tuple, list] = {}
+
+
+@dataclass(frozen=True)
+class ExploreUnit:
+    """Iterations of one batch, run against the hub as of the batch's start
+    (the worker's own additions count within the unit, then are dropped: the
+    parent commits what is new).  Strategy and platform files travel by
+    content (fuzz.work.Plugin)."""
+
+    exploration: str                      # an id of the session's exploration
+    strategies: tuple[Plugin, ...]
+    targets: tuple[tuple[str, Plugin], ...]
+    length: int
+    seed: int
+    engine: str
+    arcs: bool
+    iterations: tuple[int, ...]
+    hub: tuple[str, ...]
+    epoch: float                          # time.time() at the session's start: the clock of ``t``
+    seconds: float | None = None          # stop the batch after this long
+    watchdog: float = WATCHDOG_SECONDS
+    version: str = field(default_factory=code_version)
+
+    def empty_result(self) -> ExploreResult:
+        return ExploreResult()
+
+    def _config(self, blobs: dict[str, Any]) -> Config:
+        def spec(p: Plugin) -> str:
+            return str(materialise(blobs[p.blob])) if p.is_file else p.name
+        return Config(tuple(spec(s) for s in self.strategies), tuple((e, spec(p)) for e, p in self.targets),
+                      self.length, self.seed)
+
+    def run(self, blobs: dict[str, Any], should_stop: Callable[[], bool]) -> ExploreResult:
+        WATCHDOG.limit = self.watchdog
+        key = (self.exploration, self.engine, self.arcs, threading.get_ident())
+        rep = _REPLICAS.get(key)
+        deltas = sorted((d for k in self.hub for d in blobs[k]), key=lambda d: d[0])
+        if rep is not None and deltas and deltas[0][0] > rep[1]:
+            rep = None  # pragma: no cover  (the hub starts past this replica: start afresh)
+        if rep is None:
+            for k in [k for k in _REPLICAS if k[0] != self.exploration]:
+                del _REPLICAS[k]   # one exploration per worker at a time
+            rep = _REPLICAS[key] = [Worker(self._config(blobs), self.engine, self.arcs), 0]
+        worker: Worker = rep[0]
+        for i, (entries, keys, arcs, sigs) in deltas:
+            if i < rep[1]:
+                continue
+            if i != rep[1]:  # pragma: no cover  (a gap: the hub lost a delta)
+                raise ExploreError(f"corpus hub: delta {rep[1]} missing")
+            worker.sync(entries, keys, arcs, sigs)
+            rep[1] = i + 1
+        snap = worker.checkpoint()
+        t0 = time.monotonic()
+        deadline = None if self.seconds is None else t0 + self.seconds
         try:
-            res = worker.run_batch(iterations, deadline, stop_event.is_set, clock)
-        except BaseException as e:
-            conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
-            return
-        conn.send(("result", res))
-
-
-class _Processes:
-    """``--jobs N``: N worker processes, forked (as fuzz.session's): no
-    ``__main__`` guard needed in a caller's script, and a fast start."""
-
-    def __init__(self, config: Config, engine: str, arcs: bool, jobs: int) -> None:
-        import multiprocessing as mp
-        ctx = mp.get_context("fork")
-        self.jobs = jobs
-        self.stop_event = ctx.Event()
-        self.clock0 = time.monotonic()
-        self.conns = []
-        self.procs = []
-        for _ in range(jobs):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main,
-                            args=(child, config.to_json(), engine, arcs, self.stop_event, self.clock0),
-                            daemon=True)
-            p.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(p)
-        for c in self.conns:
-            kind, payload = self._recv(c)
-            if kind != "ready":
-                self.close()
-                raise ExploreError(f"a worker failed to start: {payload}")
-
-    def _recv(self, conn):
-        try:
-            return conn.recv()
-        except EOFError:
-            return ("error", "a worker process died")
-
-    def sync_all(self, entries, keys, arcs, signatures) -> None:
-        for c in self.conns:
-            c.send(("sync", (list(entries), list(keys), list(arcs), list(signatures))))
-
-    def run(self, assignment: list[list[int]], deadline: float | None, should_stop, clock,
-            syncs: list[tuple]) -> list[BatchResult]:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        for c, its, sy in zip(self.conns, assignment, syncs, strict=True):
-            c.send(("batch", its, left, sy))
-        out: list[BatchResult] = []
-        for c in self.conns:
-            while not c.poll(0.05):
-                if should_stop():
-                    self.stop_event.set()
-            kind, payload = self._recv(c)
-            if kind != "result":
-                raise ExploreError(f"a worker failed: {payload.splitlines()[0]}")
-            out.append(payload)
-        return out
-
-    def close(self) -> None:
-        for c in self.conns:
-            try:
-                c.send(("exit",))
-            except (OSError, BrokenPipeError):
-                pass
-        for p in self.procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
+            batch = worker.run_batch(self.iterations, deadline, should_stop, lambda: time.time() - self.epoch)
+        finally:
+            worker.rollback(snap)
+        return ExploreResult(batch=batch)
 
 
 # -- the directory ----------------------------------------------------------------------------------
@@ -902,10 +907,10 @@ class Exploration:
             "minimise": None})
         self.new_findings += 1
 
-    def minimise(self, budget: float, should_stop: Callable[[], bool],
+    def minimise(self, attempts: int, should_stop: Callable[[], bool],
                  on_status: Callable[[str], None] | None = None) -> int:
-        """Minimise (fuzz.minimize) every finding not tried yet, ``budget``
-        seconds each, and rewrite its file in place; returns how many shrank."""
+        """Minimise (fuzz.minimize) every finding not tried yet, ``attempts``
+        runs each, and rewrite its file in place; returns how many shrank."""
         n = 0
         for f in self.state["findings"]:
             if f.get("minimise") is not None or should_stop():
@@ -924,9 +929,9 @@ class Exploration:
             divergence = f["signature"].startswith("divergence|")
             t0 = time.monotonic()
             try:
-                res = minimize(lit.program, strategy, platform, f["violation_signature"], budget, should_stop,
+                res = minimize(lit.program, strategy, platform, f["violation_signature"], None, should_stop,
                                target.env.choice_biases() if target else None,
-                               lockstep=self.strategies if divergence else None)
+                               lockstep=self.strategies if divergence else None, attempts=attempts)
             except ValueError as e:  # does not replay (a divergence under one schedule): stays raw
                 f["minimise"] = {"error": str(e)[:300], "seconds": round(time.monotonic() - t0, 1)}
                 continue
@@ -983,8 +988,8 @@ class Exploration:
 # -- the session ---------------------------------------------------------------------------------------
 
 class _Interrupt:
-    """Ctrl-C sets a flag (stop at the next iteration, save, report); a second
-    Ctrl-C raises KeyboardInterrupt as usual."""
+    """Ctrl-C or SIGTERM sets a flag (stop at the next iteration, save,
+    report); a second one raises KeyboardInterrupt as usual."""
 
     def __init__(self) -> None:
         self.flag = False
@@ -993,6 +998,7 @@ class _Interrupt:
     def __enter__(self) -> _Interrupt:
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handler)
+            self._old_term = signal.signal(signal.SIGTERM, self._handler)
         return self
 
     def _handler(self, signum, frame) -> None:
@@ -1003,6 +1009,7 @@ class _Interrupt:
     def __exit__(self, *exc) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+            signal.signal(signal.SIGTERM, self._old_term)
 
 
 def explore(d: str | Path, strategies: Sequence[str] | None = None,
@@ -1010,25 +1017,29 @@ def explore(d: str | Path, strategies: Sequence[str] | None = None,
             length: int | None = None, seed: int | None = None, budget: float | None = None,
             runs: int | None = None, jobs: int = 1, arcs: bool = True,
             on_progress: Callable[[Progress], None] | None = None, report: bool = True,
-            report_jobs: int | None = None, minimize_budget: float = DEFAULT_MINIMIZE_BUDGET,
-            on_status: Callable[[str], None] | None = None) -> Summary:
+            report_jobs: int | None = None, minimize_attempts: int = DEFAULT_ATTEMPTS,
+            on_status: Callable[[str], None] | None = None, cluster: str | None = None,
+            watchdog: float = WATCHDOG_SECONDS) -> Summary:
     """Explore into (or resume) directory ``d`` until ``budget`` seconds or
-    ``runs`` programs have run in this session, or Ctrl-C; save; minimise the
-    new findings (``minimize_budget`` seconds each, 0: not at all; skipped
-    after Ctrl-C, a later session does it); write the report.
+    ``runs`` programs have run in this session, or Ctrl-C/SIGTERM; save;
+    minimise the new findings (``minimize_attempts`` runs each, 0: not at all;
+    skipped after an interruption, a later session does it); write the report.
     ``strategies``: built-in names or strategy file paths; ``targets``:
-    (environment, platform) pairs (:func:`target_specs`)."""
+    (environment, platform) pairs (:func:`target_specs`).  The batches run
+    on the execution layer: ``jobs`` local workers, or the Dask ``cluster``."""
     d = Path(d)
     if engine not in ENGINES:
         raise ExploreError(f"unknown engine {engine!r} (explore engines: {', '.join(ENGINES)})")
-    if jobs < 1:
-        raise ExploreError(f"--jobs {jobs}: must be at least 1")
-    if budget is not None and budget < 0:
-        raise ExploreError(f"--budget {budget:g}: must not be negative")
+    try:
+        check_jobs(jobs)
+    except ExecutionError as e:
+        raise ExploreError(str(e)) from None
+    if budget is not None and not (budget >= 0 and math.isfinite(budget)):
+        raise ExploreError(f"--budget {budget:g}: must be a number of seconds, not negative")
     if runs is not None and runs < 0:
         raise ExploreError(f"--runs {runs}: must not be negative")
-    if minimize_budget < 0:
-        raise ExploreError(f"--minimize-budget {minimize_budget:g}: must not be negative")
+    if minimize_attempts < 0:
+        raise ExploreError(f"--minimize-attempts {minimize_attempts}: must not be negative")
     if length is not None and not 1 <= length <= 1000:
         raise ExploreError(f"--length {length}: must be between 1 and 1000")
     if d.exists() and not d.is_dir():
@@ -1039,81 +1050,136 @@ def explore(d: str | Path, strategies: Sequence[str] | None = None,
     session = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                "engine": engine, "jobs": jobs, "first_iteration": ex.state["next_iteration"]}
     ex.state["sessions"].append(session)
-    pool = _InProcess(config, engine, arcs) if jobs == 1 else _Processes(config, engine, arcs, jobs)
     stopped_by = "budget"
-    try:
-        entries = ex.corpus_entries()
-        sigs = [(tuple(f["class"]), f["signature"]) for f in ex.state["findings"]]
-        pool.sync_all(entries, sorted(ex.keys), sorted(ex.arcs), sigs)
-        # what each worker has not heard of yet: the others' corpus additions and
-        # the keys, arcs and signatures committed in the last batch
-        syncs: list[tuple] = [([], [], [], []) for _ in range(pool.jobs)]
-        deadline = None if budget is None else time.monotonic() + budget
-        done = 0
-        ex.log_progress(force=True)
+    with _Interrupt() as intr:
+        pool = executor(jobs, cluster, lambda: intr.flag)
+        source = _Batches(ex, config, engine, arcs, runs, budget, pool, intr, on_progress, watchdog)
+        try:
+            drive(pool, source)
+            stopped_by = source.stopped_by
+        finally:
+            pool.close()
+            session["programs"] = ex.session_programs
+            session["seconds"] = round(time.monotonic() - ex.session_t0, 3)
+            session["stopped_by"] = stopped_by
+            session["next_iteration"] = ex.state["next_iteration"]
+            if pool.lost:
+                session["lost_workers"] = list(pool.lost)
+            prog = ex.log_progress(force=True)
+            ex.stop_clock()
+    if stopped_by != "interrupt" and minimize_attempts > 0:
         with _Interrupt() as intr:
-            while True:
-                if intr.flag:
-                    stopped_by = "interrupt"
-                    break
-                if runs is not None and done >= runs:
-                    stopped_by = "runs"
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    stopped_by = "budget"
-                    break
-                n = BATCH * pool.jobs
-                if runs is not None:
-                    n = min(n, runs - done)
-                start = ex.state["next_iteration"]
-                assignment = [[start + k for k in range(w, n, pool.jobs)] for w in range(pool.jobs)]
-                results = pool.run(assignment, deadline, lambda: intr.flag, ex.clock, syncs)
-                keys0, arcs0, n_findings = set(ex.keys), set(ex.arcs), len(ex.state["findings"])
-                added = _commit_tracking(ex, results)
-                news = (sorted(ex.keys - keys0), sorted(ex.arcs - arcs0),
-                        [(tuple(f["class"]), f["signature"]) for f in ex.state["findings"][n_findings:]])
-                syncs = [([e for w2, es in enumerate(added) if w2 != w for e in es], *news)
-                         for w in range(pool.jobs)]
-                executed = sum(len(r.executed) for r in results)
-                done += executed
-                ex.state["next_iteration"] = start + n
-                p = ex.log_progress()
-                if on_progress is not None:
-                    on_progress(p)
-                if any(r.stopped for r in results) and intr.flag:
-                    stopped_by = "interrupt"
-                    break
-    finally:
-        pool.close()
-        session["programs"] = ex.session_programs
-        session["seconds"] = round(time.monotonic() - ex.session_t0, 3)
-        session["stopped_by"] = stopped_by
-        session["next_iteration"] = ex.state["next_iteration"]
-        prog = ex.log_progress(force=True)
-        ex.stop_clock()
-    if stopped_by != "interrupt" and minimize_budget > 0:
-        with _Interrupt() as intr:
-            session["minimised"] = ex.minimise(minimize_budget, lambda: intr.flag, on_status)
+            session["minimised"] = ex.minimise(minimize_attempts, lambda: intr.flag, on_status)
     path = write_report(d, jobs=report_jobs or jobs) if report else None
     st = load_state(d) or ex.state
     return Summary(d, path, ex.session_programs, stopped_by, prog, st["findings"], st["crashes"],
                    ex.new_findings)
 
 
-def _commit_tracking(ex: Exploration, results: list[BatchResult]) -> list[list[tuple[str, bytes, int]]]:
-    """Commit a batch and say which worker's inputs were added, so each worker
-    is sent the others' additions only."""
-    before = len(ex.corpus)
-    ex.commit(results)
-    mine: list[list[tuple[str, bytes, int]]] = [[] for _ in results]
-    owner = {}
-    for w, r in enumerate(results):
-        for e in r.entries:
-            owner.setdefault((e.target, input_name(e.data)), w)
-    for row in ex.corpus[before:]:
-        w = owner.get((row[0], row[1]), 0)
-        mine[w].append((row[0], ex.data[f"{row[0]}/{row[1]}"], int(row[4])))
-    return mine
+class _Batches:
+    """An exploration session as a source of work units (fuzz.execution.drive):
+    batch after batch, each cut into one unit per worker (worker ``w`` takes
+    iterations ``w, w+J, ...``); a batch is committed, in iteration order,
+    when all its units are back, and what it added goes to the hub."""
+
+    def __init__(self, ex: Exploration, config: Config, engine: str, arcs: bool, runs: int | None,
+                 budget: float | None, pool: Any, intr: _Interrupt,
+                 on_progress: Callable[[Progress], None] | None, watchdog: float) -> None:
+        self.ex, self.config, self.engine, self.arcs = ex, config, engine, arcs
+        self.runs, self.pool, self.intr, self.on_progress = runs, pool, intr, on_progress
+        self.watchdog = watchdog
+        self.deadline = None if budget is None else time.monotonic() + budget
+        self.jobs = max(1, pool.capacity() // 2) if not isinstance(pool, InProcess) else 1
+        self.blobs: dict[str, Any] = {}
+        self.strategies = tuple(plugin_ref("strategy", s, self.blobs) for s in config.strategies)
+        self.targets = tuple((e, plugin_ref("platform", p, self.blobs)) for e, p in config.targets)
+        self.hub = Hub(hashlib.sha1(f"{ex.dir.resolve()}|{time.time()}".encode()).hexdigest()[:12])
+        self.epoch = time.time() - ex.clock()
+        entries = ex.corpus_entries()
+        sigs = [(tuple(f["class"]), f["signature"]) for f in ex.state["findings"]]
+        self.hub.add(entries, sorted(ex.keys), sorted(ex.arcs), sigs)
+        self.done = 0
+        self.stopped_by = "budget"
+        self.batch: list[ExploreResult | None] | None = None
+        self.queue: list[ExploreUnit] = []
+        self.over = False
+        ex.log_progress(force=True)
+
+    def _stop_reason(self) -> str | None:
+        if self.intr.flag:
+            return "interrupt"
+        if self.runs is not None and self.done >= self.runs:
+            return "runs"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "budget"
+        return None
+
+    def _new_batch(self) -> None:
+        n = BATCH * self.jobs
+        if self.runs is not None:
+            n = min(n, self.runs - self.done)
+        start = self.ex.state["next_iteration"]
+        self.batch_start, self.batch_n = start, n
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        self.queue = [ExploreUnit(self.hub.name, self.strategies, self.targets, self.config.length,
+                                  self.config.seed, self.engine, self.arcs,
+                                  tuple(start + k for k in range(w, n, self.jobs)), self.hub.keys(), self.epoch,
+                                  left, self.watchdog)
+                      for w in range(self.jobs)]
+        self.batch = [None] * self.jobs
+
+    def next_unit(self) -> tuple[Any, dict[str, Any], Any] | None:
+        if self.over:
+            return None
+        if self.batch is None:
+            why = self._stop_reason()
+            if why is not None:
+                self.stopped_by, self.over = why, True
+                return None
+            self._new_batch()
+        if not self.queue:
+            return None
+        unit = self.queue.pop(0)
+        w = self.jobs - len(self.queue) - 1
+        blobs = {**self.blobs, **self.hub.blobs()}
+        return unit, {k: blobs[k] for k in (*[p.blob for p in (*unit.strategies, *(t for _, t in unit.targets))
+                                             if p.is_file], *unit.hub)}, w
+
+    def absorb(self, w: int, res: ExploreResult) -> None:
+        if res.error or res.crash:
+            raise ExploreError(f"a worker failed: {(res.error or res.crash or '').strip().splitlines()[-1]}")
+        assert self.batch is not None
+        self.batch[w] = res
+        if any(r is None for r in self.batch):
+            return
+        results = [r.batch for r in self.batch if r is not None]
+        ex = self.ex
+        keys0, arcs0, n_findings, before = set(ex.keys), set(ex.arcs), len(ex.state["findings"]), len(ex.corpus)
+        ex.commit(results)
+        added = [(row[0], ex.data[f"{row[0]}/{row[1]}"], int(row[4])) for row in ex.corpus[before:]]
+        self.hub.add(added, sorted(ex.keys - keys0), sorted(ex.arcs - arcs0),
+                     [(tuple(f["class"]), f["signature"]) for f in ex.state["findings"][n_findings:]])
+        if self.hub.forgotten and hasattr(self.pool, "forget"):
+            self.pool.forget(self.hub.forgotten)
+        self.hub.forgotten = []
+        self.done += sum(len(r.executed) for r in results)
+        ex.state["next_iteration"] = self.batch_start + self.batch_n
+        self.batch = None
+        p = ex.log_progress()
+        if self.on_progress is not None:
+            self.on_progress(p)
+        if any(r.stopped for r in results) and self.intr.flag:
+            self.stopped_by, self.over = "interrupt", True
+
+    def failed(self, w: int, error: str) -> None:
+        raise ExploreError(f"a worker failed: {error}")
+
+    def finished(self) -> bool:
+        if self.batch is None and not self.over:
+            why = self._stop_reason()
+            if why is not None:
+                self.stopped_by, self.over = why, True
+        return self.over and self.batch is None
 
 
 # -- coverage of the corpus ---------------------------------------------------------------------------

@@ -11,8 +11,15 @@ is found or its budget (seconds, programs, or both) runs out:
    with its recorded schedule;
 2. then the seeded engines, alternating in chunks of :data:`CHUNK` programs:
    ``random`` and ``pct`` on the same programs, iteration ``i`` of seed ``s``
-   (fuzz.engine), so a cell's result depends only on its seed and its
-   program budget, never on ``--jobs``.
+   (fuzz.engine).
+
+The cells run as work units of the execution layer (fuzz.work,
+fuzz.execution): positions of a cell's program sequence, several cells (and
+several units of one cell) at once on local workers or a Dask cluster.  The
+verdict is the finding at the *lowest* position, whichever unit reported
+first, so with a program budget (``--runs``) a cell's result depends only on
+its seed, never on ``--jobs`` or the cluster.  A time budget (``--budget``)
+is in worker-seconds per cell.
 
 **S**: no violation within the budget; the cell reports the programs run and
 the PCT guarantee reached: the probability that the PCT runs hit any given
@@ -28,9 +35,7 @@ An *expected* file (corpus/expected-matrix.yaml) gives a verdict per cell:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,15 +43,16 @@ from typing import Any
 import yaml
 
 from impls import registry
-from impls.machine.choices import Replay
 from impls.machine.plugin import Ops
 from impls.machine.program import Program
 from oracle.verdict import CHECKS
 
 from . import corpus
-from .engine import PCT_DEPTH, Finding, Stats, fuzz_iter, pct_guarantee, pct_k_steps
+from .engine import PCT_DEPTH, Finding, Stats, pct_guarantee, pct_k_steps
 from .envs import ENVIRONMENTS, Environment
-from .run import run_lockstep
+from .execution import Executor, drive, executor
+from .minimize import DEFAULT_ATTEMPTS
+from .work import FuzzResult, FuzzUnit, MinimizeResult, MinimizeUnit, make_cell, position
 
 #: programs per engine before switching to the other one
 CHUNK = 16
@@ -67,19 +73,19 @@ class MatrixError(Exception):
 
 @dataclass
 class CellSpec:
-    """What a worker needs to fuzz one cell (picklable: names and paths)."""
+    """What to fuzz in one cell (names and paths)."""
 
     strategy: str                 # a built-in name or a strategy file path
     env: str                      # an environment of fuzz.envs
     platform_file: str | None = None
-    budget: float | None = None   # seconds
+    budget: float | None = None   # worker-seconds
     runs: int | None = None       # programs
     seed: int = 0
     engines: tuple[str, ...] = ("random", "pct")
     corpus_seeds: bool = True
     out_dir: str | None = None    # where U reproducers go (None: not written)
     minimize: bool = True
-    minimize_budget: float = 10.0  # seconds per reproducer
+    minimize_attempts: int = DEFAULT_ATTEMPTS  # runs per reproducer
 
 
 @dataclass
@@ -146,126 +152,251 @@ def seed_programs(env: Environment, corpus_dir: Path = CORPUS_DIR) -> list[tuple
     return out
 
 
-def reproduce(finding: Finding, program: Program, strategy: Ops, platform: Ops, env: Environment,
-              out_dir: Path, found_by: str, minimize_budget: float | None) -> tuple[Path | None, bool, int]:
-    """Minimise the finding (fuzz.minimize) and write it (fuzz.findings: named
-    after what races with what, deduplicated against the files already in
-    ``out_dir``).  Returns the file (an earlier file of the same bug if it is
-    a duplicate), whether it was minimised, and its number of operations."""
-    from . import findings
-    from .minimize import minimize
+def engine_count(n: int, spec: CellSpec, nseeds: int, engine: str) -> int:
+    """How many of the cell's first ``n`` positions ran ``engine``."""
+    return sum(1 for p in range(n) if position(p, spec.engines, CHUNK, nseeds)[0] == engine)
 
-    violation = finding.violations[0]
-    minimized = False
-    note = ""
-    if minimize_budget:
-        try:
-            res = minimize(program, strategy, platform, violation.signature(), minimize_budget,
-                           biases=env.choice_biases())
-        except ValueError:  # does not replay under its own schedule: keep it raw
-            res = None
-        if res is not None:
-            before = res.before
-            program, violation, minimized = res.program, res.violation, True
-            note = (f"Minimised from {before['ops']} ops + {before['setup']} setup on {before['cpus']} CPUs "
-                    f"({before['preemptions']} preemptions).")
-    lit, stem = findings.build_litmus(program, strategy, [strategy], platform, violation, finding.signature,
-                                      env.name, found_by, out_dir, note)
+
+class _MCell:
+    """One matrix cell while it runs: units of positions (corpus seeds, then the
+    engines in chunks of CHUNK) until the first finding or the budget."""
+
+    def __init__(self, index: int, spec: CellSpec) -> None:
+        self.index = index
+        self.spec = spec
+        self.blobs: dict[str, Any] = {}
+        self.strategy = registry.strategy(spec.strategy)
+        self.env, self.platform = environment_of(spec)
+        self.cell = make_cell([spec.strategy], spec.platform_file or self.env.platform, self.env.name, self.blobs)
+        self.seeds = seed_programs(self.env) if spec.corpus_seeds else []
+        self.next_pos = 0
+        self.used = 0.0               # worker-seconds of the units returned
+        self.inflight = 0
+        self.size = 8
+        self.results: list[tuple[int, int, FuzzResult]] = []   # (start, stop, result)
+        self.best: tuple[int, Finding] | None = None
+        self.closed = False
+        self.failure: str | None = None
+        self.minimising = False
+        self.minimised: MinimizeResult | None = None
+        self.result: Cell | None = None
+
+    def limit(self) -> int | None:
+        return self.spec.runs
+
+    def out_of_budget(self) -> bool:
+        s = self.spec
+        if s.runs is not None and self.next_pos >= s.runs:
+            return True
+        if self.best is not None and self.next_pos > self.best[0]:
+            return True
+        return s.budget is not None and self.used >= s.budget
+
+    def next_unit(self, cap: int) -> FuzzUnit | None:
+        if self.closed or self.inflight >= cap:
+            return None
+        if self.out_of_budget() or self.failure:
+            self.closed = True
+            return None
+        a = self.next_pos
+        b = a + self.size
+        if self.spec.runs is not None:
+            b = min(b, self.spec.runs)
+        if self.best is not None:
+            b = min(b, self.best[0])
+        if b <= a:
+            self.closed = True
+            return None
+        self.next_pos = b
+        self.inflight += 1
+        n = len(self.seeds)
+        seeds = tuple(self.seeds[a:min(b, n)]) if a < n else ()
+        return FuzzUnit(self.cell, self.spec.seed, LENGTH, a, b, self.spec.engines, CHUNK, seeds=seeds, seeds_at=a,
+                        nseeds=n, first_only=True)
+
+    def absorb(self, unit: FuzzUnit, res: FuzzResult) -> None:
+        self.inflight -= 1
+        self.used += res.seconds
+        if res.error or res.crash or res.watchdog:
+            self.failure = res.error or res.crash or f"watchdog: {res.watchdog}"
+            return
+        self.results.append((unit.start, unit.start + res.done, res))
+        if res.done and res.seconds > 0:
+            self.size = max(1, min(1024, int(res.done / res.seconds)))
+        for pos, f in res.findings:
+            if self.best is None or pos < self.best[0]:
+                self.best = (pos, f)
+
+    def covered(self) -> int:
+        """Every position below this one has run (or the finding's, if any)."""
+        end = 0
+        for a, b, _ in sorted(self.results, key=lambda x: x[0]):
+            if a > end:
+                break
+            end = max(end, b)
+        return end
+
+    def settled(self) -> bool:
+        """Its verdict is known: nothing left that could come before it."""
+        return self.closed and self.inflight == 0
+
+    def summarise(self) -> Cell:
+        spec, env = self.spec, self.env
+        cell = Cell(self.strategy.name, spec.env, env.primer, "S", 0, round(self.used, 2))
+        n = len(self.seeds)
+        end = self.best[0] + 1 if self.best is not None else self.covered()
+        stats = Stats()
+        for a, _, r in sorted(self.results, key=lambda x: x[0]):
+            if a < end:
+                stats.merge(r.stats)
+        cell.programs = end
+        cell.seeds_replayed = min(end, n)
+        cell.pct_programs = engine_count(end, spec, n, "pct")
+        cell.pct_guarantee = pct_guarantee(cell.pct_programs, PCT_AGENTS, pct_k_steps(LENGTH), PCT_DEPTH) \
+            if cell.pct_programs else 0.0
+        cell.behaviours = dict(sorted(stats.behaviours.items()))
+        if self.best is not None:
+            finding = self.best[1]
+            cell.verdict = "U"
+            cell.checks = list(finding.checks)
+            cell.summary = finding.violations[0].summary
+            cell.found_by = (finding.engine if finding.iteration < 0
+                             else f"{finding.engine} seed {spec.seed} iteration {finding.iteration}")
+            cell.reproducer_ops = len(finding.program.ops)
+        return cell
+
+    def program(self) -> Program:
+        # the program names the platform the way a litmus file must: a name or a path
+        assert self.best is not None
+        return replace(self.best[1].program, platform=self.spec.platform_file or self.env.platform)
+
+
+def write_reproducer(m: _MCell, cell: Cell) -> None:
+    """Write the cell's (minimised) finding (fuzz.findings: named after what
+    races with what, deduplicated against the files already in the output
+    directory)."""
+    from . import findings
+
+    assert m.best is not None and m.spec.out_dir is not None
+    finding = m.best[1]
+    spec = m.spec
+    out_dir = Path(spec.out_dir)
+    program, violation, note = m.program(), finding.violations[0], ""
+    res = m.minimised
+    if res is not None and res.program is not None:
+        before = res.before
+        program, violation, cell.minimized = res.program, res.violation, True
+        note = (f"Minimised from {before['ops']} ops + {before['setup']} setup on {before['cpus']} CPUs "
+                f"({before['preemptions']} preemptions).")
+    how = (f"shootdown matrix --seed {spec.seed} (env {spec.env}, {finding.engine} engine, "
+           f"iteration {finding.iteration})" if finding.iteration >= 0
+           else f"shootdown matrix (env {spec.env}): replay of {finding.engine.removeprefix('corpus ')}")
+    lit, stem = findings.build_litmus(program, m.strategy, [m.strategy], m.platform, violation, finding.signature,
+                                      m.env.name, how, out_dir, note)
     w = findings.write(lit, stem, out_dir, findings.existing(out_dir))
-    return (w.path or w.duplicate_of), minimized, len(program.ops)
+    path = w.path or w.duplicate_of
+    cell.reproducer = str(path) if path else None
+    cell.reproducer_ops = len(program.ops)
+
+
+class _Matrix:
+    """The matrix as a source of work units (fuzz.execution.drive)."""
+
+    def __init__(self, specs: Sequence[CellSpec], progress: Callable[[int, int, Cell], None] | None) -> None:
+        self.cells = [_MCell(i, s) for i, s in enumerate(specs)]
+        self.progress = progress
+        self.capacity = 1
+        self.reported = 0
+        self.write_cursor = 0
+
+    def next_unit(self) -> tuple[Any, dict[str, Any], Any] | None:
+        for m in self.cells:
+            if m.settled() and m.best is not None and m.spec.out_dir is not None and m.spec.minimize \
+                    and not m.minimising and m.minimised is None and m.failure is None:
+                m.minimising = True
+                f = m.best[1]
+                unit = MinimizeUnit(m.cell, 0, m.program(), f.violations[0].signature(), False,
+                                    m.spec.minimize_attempts)
+                return unit, {k: m.blobs[k] for k in unit.blobs()}, ("min", m)
+        open_cells = [m for m in self.cells if not m.closed]
+        cap = max(1, -(-self.capacity // max(1, len(open_cells))))
+        for m in open_cells:
+            unit = m.next_unit(cap)
+            if unit is not None:
+                return unit, {k: m.blobs[k] for k in unit.blobs()}, ("fuzz", m, unit)
+        return None
+
+    def absorb(self, tag: Any, result: Any) -> None:
+        if tag[0] == "min":
+            m = tag[1]
+            m.minimising = False
+            m.minimised = result
+        else:
+            tag[1].absorb(tag[2], result)
+        self._settle()
+
+    def failed(self, tag: Any, error: str) -> None:
+        m = tag[1]
+        if tag[0] == "min":
+            m.minimising = False
+            m.minimised = MinimizeResult(crash=error)
+        else:
+            m.inflight -= 1
+            m.failure = error
+        self._settle()
+
+    def _ready(self, m: _MCell) -> bool:
+        if not m.settled():
+            return False
+        if m.failure is not None:
+            return True
+        needs_min = m.best is not None and m.spec.out_dir is not None and m.spec.minimize
+        return not needs_min or m.minimised is not None
+
+    def _settle(self) -> None:
+        """Summarise (and write) settled cells in the order of the specs."""
+        while self.write_cursor < len(self.cells) and self._ready(self.cells[self.write_cursor]):
+            m = self.cells[self.write_cursor]
+            self.write_cursor += 1
+            if m.failure is not None:
+                raise MatrixError(f"{m.spec.strategy} @ {m.spec.env}: {m.failure.strip().splitlines()[-1]}")
+            cell = m.summarise()
+            if m.best is not None and m.spec.out_dir is not None:
+                write_reproducer(m, cell)
+            m.result = cell
+            self.reported += 1
+            if self.progress:
+                self.progress(self.reported, len(self.cells), cell)
+
+    def finished(self) -> bool:
+        for m in self.cells:  # a cell with nothing left to issue and nothing in flight is closed
+            if not m.closed and m.inflight == 0 and (m.out_of_budget() or m.failure):
+                m.closed = True
+        self._settle()
+        return self.write_cursor >= len(self.cells)
 
 
 def fuzz_cell(spec: CellSpec) -> Cell:
-    """Fuzz one cell until a violation or the end of its budget."""
-    t0 = time.monotonic()
-    strategy = registry.strategy(spec.strategy)
-    env, platform = environment_of(spec)
-    stats = Stats()
-    cell = Cell(strategy.name, spec.env, env.primer, "S", 0, 0.0)
+    """Fuzz one cell, in this process, until a violation or the end of its budget."""
+    return run_matrix([spec], jobs=1)[0]
 
-    def out_of_budget(extra: int = 0) -> bool:
-        if spec.runs is not None and stats.programs + extra >= spec.runs:
-            return True
-        return spec.budget is not None and time.monotonic() - t0 >= spec.budget
-
-    finding: Finding | None = None
-    if spec.corpus_seeds:
-        for path, p in seed_programs(env):
-            if out_of_budget():
-                break
-            res = run_lockstep(p, [strategy], platform, lambda p=p: Replay(p.schedule))
-            stats.account(res)
-            cell.seeds_replayed += 1
-            r = res.runs[0]
-            if r.verdict.violations:
-                finding = Finding(r.verdict.strategy, p.with_schedule(r.history.meta["schedule"]),
-                                  tuple(r.verdict.violations),
-                                  f"{r.verdict.strategy}|{r.verdict.violations[0].signature()}",
-                                  0, env.name, -1, f"corpus {path}")
-                break
-    pct_programs = 0
-    chunk = 0
-    while finding is None and not out_of_budget():
-        for engine in spec.engines:
-            before = stats.programs
-            lo = chunk * CHUNK
-            for f in fuzz_iter([strategy], platform, env, engine, seed=spec.seed, length=LENGTH, start=lo,
-                               stop=lambda i, lo=lo: i >= lo + CHUNK or out_of_budget(),
-                               stats=stats):
-                finding = f
-                break
-            if engine == "pct":
-                pct_programs += stats.programs - before
-            if finding is not None or out_of_budget():
-                break
-        chunk += 1
-    cell.programs = stats.programs
-    cell.pct_programs = pct_programs
-    cell.pct_guarantee = pct_guarantee(pct_programs, PCT_AGENTS, pct_k_steps(LENGTH), PCT_DEPTH) \
-        if pct_programs else 0.0
-    cell.behaviours = dict(sorted(stats.behaviours.items()))
-    if finding is not None:
-        cell.verdict = "U"
-        cell.checks = list(finding.checks)
-        cell.summary = finding.violations[0].summary
-        cell.found_by = (finding.engine if finding.iteration < 0
-                         else f"{finding.engine} seed {spec.seed} iteration {finding.iteration}")
-        # the program names the platform the way a litmus file must: a name or a path
-        program = replace(finding.program, platform=spec.platform_file or env.platform)
-        cell.reproducer_ops = len(program.ops)
-        if spec.out_dir is not None:
-            how = (f"shootdown matrix --seed {spec.seed} (env {spec.env}, {finding.engine} engine, "
-                   f"iteration {finding.iteration})" if finding.iteration >= 0
-                   else f"shootdown matrix (env {spec.env}): replay of {finding.engine.removeprefix('corpus ')}")
-            path, cell.minimized, cell.reproducer_ops = reproduce(
-                finding, program, strategy, platform, env, Path(spec.out_dir), how,
-                spec.minimize_budget if spec.minimize else None)
-            cell.reproducer = str(path) if path else None
-    cell.seconds = round(time.monotonic() - t0, 2)
-    return cell
-
-
-# -- the whole matrix -----------------------------------------------------------------
 
 def run_matrix(specs: Sequence[CellSpec], jobs: int = 1,
-               progress: Callable[[int, int, Cell], None] | None = None) -> list[Cell]:
-    """Fuzz every cell, ``jobs`` at a time (worker processes); the result is
-    in the order of ``specs``."""
-    cells: dict[int, Cell] = {}
-    if jobs <= 1:
-        for i, s in enumerate(specs):
-            cells[i] = fuzz_cell(s)
-            if progress:
-                progress(len(cells), len(specs), cells[i])
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as ex:
-            futs = {ex.submit(fuzz_cell, s): i for i, s in enumerate(specs)}
-            for fut in as_completed(futs):
-                i = futs[fut]
-                cells[i] = fut.result()
-                if progress:
-                    progress(len(cells), len(specs), cells[i])
-    return [cells[i] for i in range(len(specs))]
+               progress: Callable[[int, int, Cell], None] | None = None, cluster: str | None = None,
+               ex: Executor | None = None) -> list[Cell]:
+    """Fuzz every cell through the execution layer (``jobs`` local workers, or
+    a Dask cluster); the result is in the order of ``specs`` and, with a
+    program budget (``runs``), the same for every ``jobs`` and cluster."""
+    m = _Matrix(specs, progress)
+    own = ex is None
+    ex = ex if ex is not None else executor(jobs, cluster)
+    m.capacity = ex.capacity()
+    try:
+        drive(ex, m)
+    finally:
+        if own:
+            ex.close()
+    return [c.result for c in m.cells if c.result is not None]
 
 
 # -- expected verdicts ------------------------------------------------------------------

@@ -51,8 +51,11 @@ from oracle.verdict import Violation
 
 from .run import Run, run_lockstep, run_program
 
-#: default seconds per finding
+#: default seconds per finding (an extra, optional bound: see DEFAULT_ATTEMPTS)
 DEFAULT_BUDGET = 30.0
+#: default runs per finding: campaigns bound minimisation by attempts, not
+#: seconds, so that a slow or loaded worker writes the same reproducer
+DEFAULT_ATTEMPTS = 3000
 #: a candidate with at most this many operations that fails neither under the
 #: old schedule nor the default one gets SEARCH_TRIES seeded random schedules
 SEARCH_OPS = 24
@@ -106,10 +109,11 @@ class _LabelRecorder(Replay):
 
 
 class Minimizer:
-    def __init__(self, strategy: Ops, platform: Ops, signature: str, budget: float = DEFAULT_BUDGET,
+    def __init__(self, strategy: Ops, platform: Ops, signature: str, budget: float | None = DEFAULT_BUDGET,
                  should_stop: Callable[[], bool] = lambda: False,
                  log: Callable[[str], None] | None = None,
-                 biases: dict[str, float] | None = None, lockstep: list[Ops] | None = None) -> None:
+                 biases: dict[str, float] | None = None, lockstep: list[Ops] | None = None,
+                 attempts: int | None = None) -> None:
         self.biases = dict(DEFAULT_BIASES if biases is None else biases)
         #: divergence findings: the property is "the lockstep of these
         #: strategies still diverges on the same observable" (``signature`` is
@@ -119,7 +123,9 @@ class Minimizer:
         self.platform = platform
         self.signature = signature
         self.budget = budget
-        self.deadline = time.monotonic() + budget
+        self.deadline = time.monotonic() + budget if budget is not None else float("inf")
+        #: at most this many runs (None: no bound but the time budget)
+        self.attempts = attempts if attempts is not None else 1 << 62
         self.should_stop = should_stop
         self.log = log or (lambda s: None)
         self.runs = 0
@@ -152,14 +158,18 @@ class Minimizer:
         """Run ``p`` with its schedule; the run if it reproduces the violation."""
         if p in self._cache:
             return self._cache[p]
-        if time.monotonic() > self.deadline or self.should_stop():
-            raise _OutOfTime
+        self._budget_left()
         self.runs += 1
         run = self._run(p)
         ok = run if self._matching(run) is not None else None
         if len(self._cache) < 20_000:
             self._cache[p] = ok
         return ok
+
+    def _budget_left(self) -> None:
+        if self.runs >= self.attempts or self.should_stop() or (
+                self.deadline != float("inf") and time.monotonic() > self.deadline):
+            raise _OutOfTime
 
     def accept(self, p: Program, run: Run) -> Program:
         """Re-record: the schedule the run actually took, trailing default
@@ -184,8 +194,7 @@ class Minimizer:
         if len(p.ops) <= SEARCH_OPS:
             # a small program: look for a new schedule (seeded random runs)
             for k in range(SEARCH_TRIES):
-                if time.monotonic() > self.deadline or self.should_stop():
-                    raise _OutOfTime
+                self._budget_left()
                 self.runs += 1
                 if self.lockstep is not None:
                     break
@@ -480,15 +489,17 @@ class Minimizer:
 
 
 def minimize(program: Program, strategy: Ops, platform: Ops, signature: str,
-             budget: float = DEFAULT_BUDGET, should_stop: Callable[[], bool] = lambda: False,
-             biases: dict[str, float] | None = None, lockstep: list[Ops] | None = None) -> Result:
+             budget: float | None = DEFAULT_BUDGET, should_stop: Callable[[], bool] = lambda: False,
+             biases: dict[str, float] | None = None, lockstep: list[Ops] | None = None,
+             attempts: int | None = None) -> Result:
     """Minimise ``program`` (with its schedule) keeping a violation with
     ``signature`` (``Violation.signature()``) on ``strategy``; at most ``budget``
-    seconds.  ``biases``: the environment's flip probabilities, for the
-    schedule search.  ``lockstep``: minimise a divergence between these
-    strategies instead (``signature`` ``divergence|<observable>``)."""
+    seconds (None: no time bound) and ``attempts`` runs (None: no bound); the
+    result depends on the time only if the time bound is reached first.
+    ``biases``: the environment's flip probabilities, for the schedule search.
+    ``lockstep``: minimise a divergence between these strategies instead (``signature`` ``divergence|<observable>``)."""
     return Minimizer(strategy, platform, signature, budget, should_stop, biases=biases,
-                     lockstep=lockstep).run(program)
+                     lockstep=lockstep, attempts=attempts).run(program)
 
 
 # -- program surgery -------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from impls.machine.plugin import Ops
 from impls.machine.program import Program
 from oracle import Verdict, Violation, check_history, compare
 
+from .watchdog import WATCHDOG
+
 ChoicesFactory = Callable[[], Choices]
 
 
@@ -41,11 +43,17 @@ class Lockstep:
 def run_program(program: Program, strategy: Ops, platform: Ops, choices: Choices | None = None,
                 max_steps: int = DEFAULT_MAX_STEPS) -> Run:
     """The property: run and judge.  Exceptions in the simulator propagate
-    (a crash of the model is a bug to see, never a verdict to hide)."""
+    (a crash of the model is a bug to see, never a verdict to hide).  The run
+    is watched (fuzz.watchdog): a hook that loops without yielding raises
+    HookTimeout out of here."""
     if choices is None:
         choices = Replay(program.schedule)
     machine = Machine(program, strategy, platform, choices, max_steps)
-    history = machine.run()
+    WATCHDOG.arm()
+    try:
+        history = machine.run()
+    finally:
+        WATCHDOG.disarm()
     machine.release()
     return Run(history, check_history(history))
 

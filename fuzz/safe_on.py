@@ -47,7 +47,7 @@ def canary(runs: int, length: int, jobs: int = 1) -> tuple[bool, str]:
         return False, f"canary: {CANARY_PLATFORM} is missing"
     cell = CellSpec((CANARY_STRATEGY,), str(CANARY_PLATFORM), CANARY_ENV)
     plan = Plan([cell], engine="random", seed=0, length=length, jobs=jobs, runs=runs, write=False,
-                minimize_budget=1.0, command="shootdown fuzz --safe-on (canary)")
+                minimize_attempts=0, command="shootdown fuzz --safe-on (canary)")
     s = run_session(plan)
     c = s.cells[0] if s.cells else None
     if c is None or c.stats.violating == 0:

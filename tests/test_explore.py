@@ -83,7 +83,7 @@ def test_resume_continues_the_iterations_and_keeps_the_corpus(tmp_path):
     # behaviour keys only: which arcs a run executes also depends on the memo
     # caches of the process (impls.machine.machine._descs), not only on the input
     kw = dict(strategies=["direct"], targets=[("xen-pv", "xen-pv")], report=False, arcs=False,
-              minimize_budget=0)
+              minimize_attempts=0)
     a = tmp_path / "a"
     explore.explore(a, runs=40, **kw)
     first = corpus_files(a)
@@ -102,7 +102,7 @@ def test_resume_continues_the_iterations_and_keeps_the_corpus(tmp_path):
 
 
 def test_arcs_and_behaviours_guide_the_corpus(tmp_path):
-    s = explore.explore(tmp_path, ["direct"], [("xen-pv", "xen-pv")], runs=24, report=False, minimize_budget=0)
+    s = explore.explore(tmp_path, ["direct"], [("xen-pv", "xen-pv")], runs=24, report=False, minimize_attempts=0)
     st = state(tmp_path)
     assert s.progress.arcs > 100 and any(a.startswith("impls/machine/") for a in st["arcs"])
     assert any("|b:0:" in k for k in st["keys"])
@@ -112,7 +112,7 @@ def test_arcs_and_behaviours_guide_the_corpus(tmp_path):
 
 def test_two_jobs(tmp_path):
     s = explore.explore(tmp_path, ["direct"], [("xen-pv", "xen-pv")], runs=2 * explore.BATCH, jobs=2,
-                        report=False, minimize_budget=0)
+                        report=False, minimize_attempts=0)
     st = state(tmp_path)
     assert s.session_programs == 2 * explore.BATCH and st["next_iteration"] == 2 * explore.BATCH
     assert st["corpus"] and st["arcs"]
@@ -133,7 +133,7 @@ def test_ctrl_c_stops_saves_and_reports(tmp_path):
 
 def test_a_later_session_minimises_what_was_left(tmp_path):
     kw = dict(strategies=["direct"], targets=[("xen-pv", "xen-pv")], arcs=False, report=False)
-    s = explore.explore(tmp_path, runs=96, minimize_budget=0, **kw)   # as after Ctrl-C: not minimised
+    s = explore.explore(tmp_path, runs=96, minimize_attempts=0, **kw)   # as after Ctrl-C: not minimised
     f = s.findings[0]
     assert f["minimise"] is None and f["size"]["ops"] > 8
     raw = (tmp_path / f["file"]).read_text()
@@ -184,7 +184,7 @@ def planted(tmp_path_factory):
     iteration 69).  Guided by behaviour keys only, so that the search does not
     depend on what this process ran before (see test_resume...)."""
     d = tmp_path_factory.mktemp("explore") / "out"
-    code = main(["explore", "--dir", str(d), "--runs", "96", "--no-arcs", *PLANTED])
+    code = main(["explore", "--dir", str(d), "--runs", "96", "--no-arcs", "--jobs", "1", *PLANTED])
     return d, code
 
 
@@ -243,11 +243,13 @@ def test_clean_exploration_exits_0(tmp_path, capsys):
     (["--strategy", "nope"], "unknown strategy"),
     (["--platform", "nope"], "unknown platform"),
     (["--env", "nope"], "unknown environment"),
-    (["--jobs", "0"], "--jobs 0"),
+    (["--jobs", "-1"], "--jobs -1"),
     (["--runs", "-1"], "--runs -1"),
     (["--length", "0"], "--length 0"),
     (["--budget", "-1"], "--budget -1"),
-    (["--minimize-budget", "-1"], "--minimize-budget -1"),
+    (["--minimize-attempts", "-1"], "--minimize-attempts -1"),
+    (["--jobs", "1000"], "--jobs 1000"),
+    (["--budget", "nan"], "--budget nan"),
     (["--report-only"], "no exploration here"),
 ])
 def test_bad_input_exits_2(tmp_path, capsys, argv, message):

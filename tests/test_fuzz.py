@@ -40,7 +40,7 @@ def run_fuzz(capsys, *argv):
 
 def test_direct_on_xen_pv_finds_the_gup_fast_uaf_and_writes_a_replayable_reproducer(capsys, tmp_path):
     code, out, _ = run_fuzz(capsys, "--strategy", "direct", "--platform", "xen-pv", "--runs", "6", "--seed", "0",
-                        "--jobs", "1", "--out", str(tmp_path), "--minimize-budget", "20", "--format", "json")
+                        "--jobs", "1", "--out", str(tmp_path), "--minimize-attempts", "2000", "--format", "json")
     assert code == 1
     data = json.loads(out)
     assert data["exit"] == 1 and data["violations"] >= 1
@@ -71,7 +71,7 @@ def test_full_rcu_on_every_platform_finds_nothing(capsys, tmp_path):
 
 def test_a_second_run_does_not_rewrite_a_known_finding(capsys, tmp_path):
     args = ["--strategy", "direct", "--platform", "xen-pv", "--runs", "6", "--seed", "0", "--jobs", "1",
-            "--out", str(tmp_path), "--minimize-budget", "10", "--format", "json"]
+            "--out", str(tmp_path), "--minimize-attempts", "2000", "--format", "json"]
     run_fuzz(capsys, *args)
     files = sorted(tmp_path.iterdir())
     code, out, _ = run_fuzz(capsys, *args)
@@ -85,7 +85,7 @@ def test_a_second_run_does_not_rewrite_a_known_finding(capsys, tmp_path):
 
 def test_text_summary(capsys, tmp_path):
     code, out, _ = run_fuzz(capsys, "--strategy", "direct", "--platform", "xen-pv", "--runs", "6", "--jobs", "1",
-                        "--out", str(tmp_path), "--minimize-budget", "5")
+                        "--out", str(tmp_path), "--minimize-attempts", "2000")
     assert code == 1
     assert out.startswith("shootdown fuzz: engine random, length 128, seed 0, 1 job")
     assert "xen-pv [direct]: 6 programs" in out and "behaviours" in out
@@ -128,7 +128,7 @@ def test_strategy_file_and_platform_file(capsys, tmp_path):
     mut = Path(__file__).parent / "mutants" / "native_skip_lazy.py"
     code, out, _ = run_fuzz(capsys, "--strategy", "direct", "--platform", str(mut), "--env", "native+lazy",
                         "--runs", "3", "--jobs", "1", "--out", str(tmp_path), "--format", "json",
-                        "--minimize-budget", "10")
+                        "--minimize-attempts", "2000")
     assert code == 1
     f = json.loads(out)["cells"][0]["findings"][0]
     path = Path(f["file"])
@@ -146,7 +146,7 @@ def test_stop_flag_keeps_findings_and_prints_summary(tmp_path):
     """What Ctrl-C does (the SIGINT handler sets the same flag)."""
     stop = StopFlag()
     plan = Plan([CellSpec(("direct",), "xen-pv", "xen-pv")], runs=1000, jobs=1, out=tmp_path,
-                minimize_budget=5)
+                minimize_attempts=2000)
     s = Session(plan, stop, on_finding=lambda rep: stop.set())
     summary = s.run()
     assert summary.interrupted and summary.exit_code == 1
@@ -166,7 +166,7 @@ def test_parallel_workers_split_the_iterations(tmp_path):
     """Two processes run iterations 0,2,4.. and 1,3,5..: the same programs as one."""
     def sigs(jobs: int) -> tuple[int, set[str]]:
         plan = Plan([CellSpec(("direct",), "xen-pv", "xen-pv")], runs=12, jobs=jobs, length=32,
-                    out=tmp_path / str(jobs), write=False, minimize_budget=2)
+                    out=tmp_path / str(jobs), write=False, minimize_attempts=2000)
         c = Session(plan).run().cells[0]
         return c.stats.programs, {f.signature for f in c.findings}
 
@@ -296,7 +296,7 @@ def test_hypothesis_engine_runs_and_reports(tmp_path):
 def test_atheris_engine_runs_in_a_child_process(tmp_path):
     pytest.importorskip("atheris")
     plan = Plan([CellSpec(("direct",), "xen-pv", "xen-pv")], engine="atheris", runs=30, jobs=1, length=32,
-                out=tmp_path, minimize_budget=5)
+                out=tmp_path, minimize_attempts=2000)
     s = Session(plan).run()
     c = s.cells[0]
     assert not c.crashes and c.stats.programs >= 25

@@ -88,7 +88,7 @@ def test_a_cell_is_deterministic_for_a_program_budget():
 
 def test_u_cell_found_by_fuzzing_writes_a_reproducer_that_replays(tmp_path):
     spec = matrix.CellSpec("direct", "xen-pv", runs=200, corpus_seeds=False, out_dir=str(tmp_path),
-                           minimize_budget=3.0)
+                           minimize_attempts=2000)
     c = matrix.fuzz_cell(spec)
     assert c.verdict == "U" and "table-uaf" in c.checks
     assert c.found_by.startswith(("random seed 0", "pct seed 0"))

@@ -14,7 +14,9 @@ from pathlib import Path
 from fuzz import explore
 from fuzz.cli import EXIT_OK, EXIT_VIOLATION, UsageError, add_plugin_args, resolve_platform, resolve_strategies
 from fuzz.envs import ENVIRONMENTS
-from fuzz.minimize import DEFAULT_BUDGET as DEFAULT_MINIMIZE_BUDGET
+from fuzz.execution import default_jobs
+from fuzz.minimize import DEFAULT_ATTEMPTS
+from fuzz.watchdog import WATCHDOG_SECONDS
 
 DEFAULT_DIR = "explore-out"
 DEFAULT_BUDGET = 600.0
@@ -75,12 +77,13 @@ def cmd_explore(args: argparse.Namespace) -> int:
         if args.report_only:
             if not (d / explore.STATE_FILE).exists():
                 raise UsageError(f"{d}: no exploration here ({explore.STATE_FILE} missing)")
-            path = explore.write_report(d, jobs=args.jobs, remeasure=args.remeasure)
+            path = explore.write_report(d, jobs=args.jobs or default_jobs(), remeasure=args.remeasure)
             st = explore.load_state(d) or {}
             print(f"shootdown: report written to {path}", file=sys.stderr)
             return EXIT_VIOLATION if st.get("findings") or st.get("crashes") else EXIT_OK
-        if args.jobs < 1:
-            raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+        if args.jobs < 0:
+            raise UsageError(f"--jobs {args.jobs}: must be at least 1 (0: one per core)")
+        jobs = args.jobs or default_jobs()
         strategies = _strategy_specs(args)
         targets = _target_specs(args)
         budget = args.budget if args.budget is not None else (None if args.runs is not None else DEFAULT_BUDGET)
@@ -89,15 +92,15 @@ def cmd_explore(args: argparse.Namespace) -> int:
             print(f"shootdown explore: {d} (Ctrl-C stops, saves and writes the report)", file=sys.stderr)
         try:
             s = explore.explore(d, strategies, targets, engine=args.engine, length=args.length, seed=args.seed,
-                                budget=budget, runs=args.runs, jobs=args.jobs, arcs=not args.no_arcs,
-                                on_progress=line, report=False, minimize_budget=args.minimize_budget,
-                                on_status=line.status)
+                                budget=budget, runs=args.runs, jobs=jobs, arcs=not args.no_arcs,
+                                on_progress=line, report=False, minimize_attempts=args.minimize_attempts,
+                                on_status=line.status, cluster=args.cluster, watchdog=args.watchdog)
         finally:
             line.done()
         if line.tty:
             print("shootdown explore: measuring coverage of the corpus ...", file=sys.stderr)
         try:
-            report = explore.write_report(d, jobs=args.jobs)
+            report = explore.write_report(d, jobs=jobs)
         except KeyboardInterrupt:  # a second Ctrl-C: the directory is saved already
             report = None
             print(f"shootdown explore: interrupted while measuring coverage; "
@@ -128,8 +131,8 @@ def register(sub) -> None:
                     "coverage of impls/ and oracle/ replaying the corpus, behaviour events reached, corpus "
                     "growth, and each finding (a YAML reproducer in DIR/findings/) with its race diagram.",
         epilog="Exit status: 0 no finding in DIR, 1 findings (or crashes of the simulator), 2 bad input. "
-               "Ctrl-C stops at the next program, saves DIR and writes the report; the new findings are "
-               "minimised by the next session.")
+               "Ctrl-C or SIGTERM stops at the next program, saves DIR and writes the report; the new "
+               "findings are minimised by the next session.")
     add_plugin_args(p, multi_platform=True)
     p.add_argument("--env", action="append", metavar="NAME",
                    help=f"an environment ({', '.join(ENVIRONMENTS)}); repeatable; with --platform, its "
@@ -139,15 +142,20 @@ def register(sub) -> None:
     p.add_argument("--budget", type=float, metavar="SECONDS",
                    help=f"stop after this many seconds (default {DEFAULT_BUDGET:g}, none with --runs)")
     p.add_argument("--runs", type=int, metavar="N", help="stop after N programs in this session")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    p.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help="local worker processes (default 0: one per core); the results depend on it")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="explore on a Dask distributed cluster, e.g. tcp://host:8786 (default: $SHOOTDOWN_CLUSTER)")
+    p.add_argument("--watchdog", type=float, default=WATCHDOG_SECONDS, metavar="SECONDS",
+                   help=f"CPU seconds one program may take on one strategy (default {WATCHDOG_SECONDS:g})")
     p.add_argument("--dir", default=DEFAULT_DIR, metavar="DIR",
                    help=f"the exploration directory, created or resumed (default {DEFAULT_DIR}/)")
     p.add_argument("--length", type=int, metavar="N",
                    help=f"operations per generated program (default {explore.DEFAULT_LENGTH}; fixed per DIR)")
     p.add_argument("--seed", type=int, metavar="N", help="the exploration's seed (default 0; fixed per DIR)")
-    p.add_argument("--minimize-budget", type=float, default=DEFAULT_MINIMIZE_BUDGET, metavar="SECONDS",
-                   help=f"minimisation time per new finding, at the end of the session (default "
-                        f"{DEFAULT_MINIMIZE_BUDGET:.0f}; 0: do not minimise)")
+    p.add_argument("--minimize-attempts", type=int, default=DEFAULT_ATTEMPTS, metavar="N",
+                   help=f"minimisation runs per new finding, at the end of the session (default "
+                        f"{DEFAULT_ATTEMPTS}; 0: do not minimise)")
     p.add_argument("--report-only", action="store_true",
                    help="do not explore: (re)write DIR/report.md from the directory")
     p.add_argument("--remeasure", action="store_true",

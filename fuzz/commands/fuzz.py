@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 from fuzz.cli import UsageError, resolve_strategies
 from fuzz.engine import ENGINES
 from fuzz.envs import ENVIRONMENTS, default_environment
-from fuzz.minimize import DEFAULT_BUDGET
+from fuzz.execution import ExecutionError, check_jobs
+from fuzz.minimize import DEFAULT_ATTEMPTS
 from fuzz.session import (
     DEFAULT_ENGINE,
     DEFAULT_LENGTH,
@@ -27,6 +29,7 @@ from fuzz.session import (
     is_tty,
     run_session,
 )
+from fuzz.watchdog import WATCHDOG_SECONDS
 from impls import registry
 from oracle.behaviours import BEHAVIOURS
 
@@ -37,7 +40,7 @@ def _positive(kind: type):
             v = kind(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-        if v <= 0:
+        if not v > 0 or (isinstance(v, float) and not math.isfinite(v)):
             raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
         return v
     return parse
@@ -91,11 +94,14 @@ def summary_json(s: Summary) -> dict[str, Any]:
             "feedback_keys": len(st.keys),
             "findings": [_finding_json(f) for f in c.findings],
             "crashes": c.crashes,
+            "watchdog": c.watchdogs,
+            "covered": c.covered,
             "pct": c.pct,
         })
     return {"engine": s.engine, "seed": s.seed, "length": s.length, "jobs": s.jobs, "out": s.out,
-            "seconds": round(s.seconds, 3), "interrupted": s.interrupted, "violations": s.violations,
-            "crashes": s.crashes, "exit": s.exit_code, "cells": cells}
+            "executor": s.executor, "seconds": round(s.seconds, 3), "interrupted": s.interrupted,
+            "violations": s.violations, "crashes": s.crashes, "lost_workers": s.lost_workers, "exit": s.exit_code,
+            "cells": cells}
 
 
 def _finding_json(f: FindingReport) -> dict[str, Any]:
@@ -103,7 +109,8 @@ def _finding_json(f: FindingReport) -> dict[str, Any]:
             "duplicate_of": f.duplicate_of, "title": f.title, "engine": f.engine, "seed": f.seed,
             "iteration": f.iteration, "found_after_s": round(f.found_after, 3),
             "found_after_programs": f.found_after_programs, "size": f.size, "raw_size": f.raw_size,
-            "minimize_seconds": round(f.minimize_seconds, 3), "minimized": f.minimized}
+            "minimize_seconds": round(f.minimize_seconds, 3), "minimize_runs": f.minimize_runs,
+            "minimized": f.minimized}
 
 
 def _size_text(z: dict[str, int]) -> str:
@@ -116,21 +123,24 @@ def _size_text(z: dict[str, int]) -> str:
 
 def finding_line(f: FindingReport) -> str:
     where = f"-> {f.file}" if f.file else (f"(already in {f.duplicate_of})" if f.duplicate_of else "(not written)")
-    extra = f"; minimised in {f.minimize_seconds:.1f} s" if f.minimize_seconds else ""
-    if f.minimize_seconds and not f.minimized:
-        extra += " (budget reached)"
+    extra = f"; minimised in {f.minimize_runs} runs" if f.minimize_runs else ""
+    if f.minimize_runs and not f.minimized:
+        extra += " (attempts used up)"
     return f"U {f.strategy}: {', '.join(f.checks)}  {where}  [{_size_text(f.size)}{extra}]"
 
 
 def summary_text(s: Summary) -> str:
-    out = [f"shootdown fuzz: engine {s.engine}, length {s.length}, seed {s.seed}, {s.jobs} job"
-           f"{'s' if s.jobs != 1 else ''}, {s.seconds:.1f} s" + ("  (interrupted)" if s.interrupted else "")]
+    where = f"{s.jobs} job{'s' if s.jobs != 1 else ''}" if not s.executor.startswith("Dask") else s.executor
+    out = [f"shootdown fuzz: engine {s.engine}, length {s.length}, seed {s.seed}, {where}, {s.seconds:.1f} s"
+           + ("  (interrupted)" if s.interrupted else "")]
     for c in s.cells:
         st = c.stats
         rate = c.rate
         reached = set(st.behaviours) & set(BEHAVIOURS)
         out.append(f"  {c.label}: {st.programs:,} programs in {c.seconds:.1f} s ({rate:.1f}/s), "
                    f"behaviours {len(reached)}/{len(BEHAVIOURS)}, feedback keys {len(st.keys)}")
+        if c.covered and c.covered != [[0, st.programs]] or s.interrupted or c.stats.programs == 0:
+            out.append(f"      {_covered_text(c.covered, s.engine, s.seed)}")
         missing = sorted(set(BEHAVIOURS) - reached)
         if missing and st.programs:
             out.append(f"      not reached: {', '.join(missing)}")
@@ -145,6 +155,10 @@ def summary_text(s: Summary) -> str:
         for x in c.crashes:
             out.append("      CRASH (the simulator raised; a bug in the model or a plug-in):")
             out += ["        " + line for line in x.rstrip().splitlines()]
+        for w in c.watchdogs:
+            out.append(f"      {watchdog_text(w)}")
+    for x in s.lost_workers:
+        out.append(f"  lost worker: {x}")
     new = sum(1 for c in s.cells for f in c.findings if f.file)
     if s.violations or s.crashes:
         out.append(f"violations: {s.violations} ({new} new reproducer{'s' if new != 1 else ''} in {s.out})"
@@ -152,6 +166,24 @@ def summary_text(s: Summary) -> str:
     else:
         out.append("no violation found" + (" (interrupted)" if s.interrupted else ""))
     return "\n".join(out)
+
+
+def _covered_text(covered: list[list[int]], engine: str, seed: int) -> str:
+    what = {"hypothesis": "Hypothesis chunks", "atheris": "libFuzzer runs"}.get(engine, "iterations")
+    if not covered:
+        return f"{what} covered: none"
+    ranges = ", ".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in covered)
+    how = f" (iteration i runs seed {seed} * 1000003 + i)" if engine in ("random", "pct") else ""
+    return f"{what} covered: {ranges}{how}"
+
+
+def watchdog_text(w: dict[str, Any]) -> str:
+    where = (f"while minimising the finding of iteration {w.get('iteration')}" if w.get("while") == "minimising"
+             else f"in program iteration {w.get('iteration')} (engine {w.get('engine')}, --seed {w.get('seed')}"
+             + (f", iteration seed {w['iteration_seed']}" if w.get("iteration_seed") is not None else "") + ")")
+    who = f" of strategy {w['strategy']!r}" if w.get("strategy") else ""
+    return (f"WATCHDOG: hook {w.get('hook')}() ({w.get('file')}:{w.get('line')}){who} ran more than "
+            f"{w.get('limit'):g} CPU seconds without yielding, {where}; the run was stopped")
 
 
 class _Progress:
@@ -179,10 +211,14 @@ def plan_from_args(args: argparse.Namespace, cells: list[CellSpec]) -> Plan:
                                       ("verbose", args.verbose), ("swarm", args.swarm)]
     if args.runs is None and args.budget is None:
         args.budget = 60.0
+    try:
+        jobs = check_jobs(args.jobs) if args.jobs else default_jobs()
+    except ExecutionError as e:
+        raise UsageError(str(e)) from None
     return Plan(cells, engine=args.engine, seed=args.seed, length=args.length,
-                jobs=args.jobs or default_jobs(), runs=args.runs, budget=args.budget, out=Path(args.out),
-                write=not args.no_write, minimize_budget=args.minimize_budget, options=tuple(options),
-                command="shootdown fuzz")
+                jobs=jobs, runs=args.runs, budget=args.budget, out=Path(args.out),
+                write=not args.no_write, minimize_attempts=args.minimize_attempts, options=tuple(options),
+                command="shootdown fuzz", cluster=args.cluster, watchdog=args.watchdog)
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
@@ -199,7 +235,7 @@ def execute(plan: Plan, fmt: str = "text", header: str | None = None) -> int:
     stop = StopFlag()
     progress = _Progress() if is_tty() and fmt == "text" else None
 
-    def on_sigint(signum, frame):  # first Ctrl-C: stop cleanly; the second: cut minimising short
+    def on_signal(signum, frame):  # first Ctrl-C or SIGTERM: stop cleanly; the second: cut minimising short
         if stop.is_set():
             stop.hurry()
             return
@@ -207,11 +243,15 @@ def execute(plan: Plan, fmt: str = "text", header: str | None = None) -> int:
         if progress is not None:
             progress("stopping: minimising what was found (Ctrl-C again to skip) ...")
 
-    old = signal.signal(signal.SIGINT, on_sigint)
+    old = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
     try:
         summary = run_session(plan, stop, progress)
+    except ExecutionError as e:
+        raise UsageError(str(e)) from None
     finally:
         signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
         if progress is not None:
             progress.clear()
     if fmt == "json":
@@ -240,9 +280,11 @@ def register(sub) -> None:
   atheris     libFuzzer, coverage-guided by behaviour events (and optionally line coverage)
 
 Default program length {DEFAULT_LENGTH} operations; budget 60 s unless --runs is given.
---budget bounds the fuzzing; each new finding is then minimised for up to --minimize-budget s.
+--budget bounds the fuzzing; each new finding is then minimised (at most --minimize-attempts runs).
+With --runs N --seed S the findings and reproducers are the same for every --jobs or --cluster.
 Exit status: 0 no violation, 1 a violation (or a crash of the simulator), 2 bad input,
-130 interrupted with nothing found.  Ctrl-C stops cleanly: findings are kept, the summary printed.
+130 interrupted with nothing found.  Ctrl-C or SIGTERM stops cleanly: findings are kept, the
+summary printed, no worker left behind.
 """)
     p.add_argument("--strategy", action="append", metavar="NAME",
                    help=f"a built-in strategy ({', '.join(registry.STRATEGIES)}); repeatable; default: all three")
@@ -261,13 +303,20 @@ Exit status: 0 no violation, 1 a violation (or a crash of the simulator), 2 bad 
     g.add_argument("--runs", type=_positive(int), metavar="N", help="programs per cell, then stop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=_positive(int), metavar="N", help="worker processes (default: all cores)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run on a Dask distributed cluster, e.g. tcp://host:8786 (default: $SHOOTDOWN_CLUSTER; "
+                        "unset: local worker processes)")
     p.add_argument("--length", type=_positive(int), default=DEFAULT_LENGTH, metavar="N",
                    help=f"operations generated per program (default {DEFAULT_LENGTH})")
     p.add_argument("--out", default="corpus/crashes", metavar="DIR",
                    help="where reproducers go (default corpus/crashes/)")
     p.add_argument("--no-write", action="store_true", help="report findings, write no file")
-    p.add_argument("--minimize-budget", type=_positive(float), default=DEFAULT_BUDGET, metavar="SECONDS",
-                   help=f"minimisation time per finding (default {DEFAULT_BUDGET:.0f})")
+    p.add_argument("--minimize-attempts", type=_positive(int), default=DEFAULT_ATTEMPTS, metavar="N",
+                   help=f"minimisation runs per finding (default {DEFAULT_ATTEMPTS}; a bound in runs, not "
+                        "seconds, so a slow worker writes the same reproducer)")
+    p.add_argument("--watchdog", type=_positive(float), default=WATCHDOG_SECONDS, metavar="SECONDS",
+                   help=f"CPU seconds one program may take on one strategy before it is stopped and reported "
+                        f"(a hook looping without yielding; default {WATCHDOG_SECONDS:g})")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--atheris-input", choices=("bytes", "hypothesis"), default="bytes",
                    help="how atheris inputs are decoded (default bytes: BytesDraw + a decision tape)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import sys
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from fuzz import matrix
 from fuzz.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATION, UsageError, resolve_platform, resolve_strategies
 from fuzz.engine import SEEDED_ENGINES
 from fuzz.envs import ENVIRONMENTS
+from fuzz.execution import ExecutionError, check_jobs, default_jobs
+from fuzz.minimize import DEFAULT_ATTEMPTS
 from impls import registry
 
 DEFAULT_BUDGET = 10.0
@@ -44,8 +46,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     if args.platform_file:
         resolve_platform(None, args.platform_file, "native")
         platform_file = str(Path(args.platform_file).resolve())
-    if args.budget is not None and args.budget <= 0:
-        raise UsageError("--budget must be positive")
+    if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
+        raise UsageError("--budget must be a positive number of seconds")
     if args.runs is not None and args.runs <= 0:
         raise UsageError("--runs must be positive")
     budget = args.budget if (args.budget is not None or args.runs is not None) else DEFAULT_BUDGET
@@ -58,8 +60,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
     engines = tuple(args.engine) if args.engine else ("random", "pct")
     out_dir = None if args.no_reproducers else args.out
+    if args.minimize_attempts <= 0:
+        raise UsageError("--minimize-attempts must be positive")
     specs = [matrix.CellSpec(s, e, platform_file, budget, args.runs, args.seed, engines,
-                             not args.no_corpus_seeds, out_dir, not args.no_minimize, args.minimize_budget)
+                             not args.no_corpus_seeds, out_dir, not args.no_minimize, args.minimize_attempts)
              for s in names for e in envs]
     strategy_names = {s: registry.strategy(s).name for s in names}
     order = matrix.ordered_for_packing(specs, expected, lambda sp: strategy_names[sp.strategy])
@@ -70,9 +74,18 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             print(f"[{done}/{total}] {c.strategy} @ {c.env}: {c.short()} ({c.seconds:.1f} s)",
                   file=sys.stderr, flush=True)
 
-    jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
+    try:
+        jobs = check_jobs(args.jobs) if args.jobs else default_jobs()
+    except ExecutionError as e:
+        raise UsageError(str(e)) from None
     ordered = [specs[i] for i in order]
-    cells_ordered = matrix.run_matrix(ordered, jobs, progress)
+    try:
+        cells_ordered = matrix.run_matrix(ordered, jobs, progress, cluster=args.cluster)
+    except ExecutionError as e:
+        raise UsageError(str(e)) from None
+    except matrix.MatrixError as e:
+        print(f"shootdown: error: {e}", file=sys.stderr)
+        return EXIT_VIOLATION
     by_spec = dict(zip(order, cells_ordered, strict=True))
     cells = [by_spec[i] for i in range(len(specs))]
     mismatches, unknown = (matrix.compare(cells, expected) if expected is not None else (None, None))
@@ -111,11 +124,14 @@ def register(sub) -> None:
     p.add_argument("--env", action="append", metavar="NAME",
                    help=f"restrict to these environments (repeatable; known: {', '.join(ENVIRONMENTS)})")
     p.add_argument("--budget", type=float, metavar="SECONDS",
-                   help=f"wall-clock budget per cell (default {DEFAULT_BUDGET:g} s unless --runs is given)")
+                   help=f"time budget per cell, in worker-seconds (default {DEFAULT_BUDGET:g} s unless --runs "
+                        "is given)")
     p.add_argument("--runs", type=int, metavar="N",
                    help="program budget per cell (deterministic: the result depends only on --seed)")
-    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
-                   help="cells fuzzed in parallel (0: one per CPU)")
+    p.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
+                   help="local worker processes (default 0: one per core)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run on a Dask distributed cluster, e.g. tcp://host:8786 (default: $SHOOTDOWN_CLUSTER)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", action="append", choices=SEEDED_ENGINES,
                    help="engines to alternate (repeatable; default: random and pct)")
@@ -127,8 +143,8 @@ def register(sub) -> None:
                    help=f"where the reproducers of U cells go (default {DEFAULT_OUT}/)")
     p.add_argument("--no-reproducers", action="store_true", help="do not write reproducers")
     p.add_argument("--no-minimize", action="store_true", help="write reproducers as found")
-    p.add_argument("--minimize-budget", type=float, default=10.0, metavar="SECONDS",
-                   help="time to minimise each reproducer (fuzz.minimize; default 10 s)")
+    p.add_argument("--minimize-attempts", type=int, default=DEFAULT_ATTEMPTS, metavar="N",
+                   help=f"runs to minimise each reproducer (fuzz.minimize; default {DEFAULT_ATTEMPTS})")
     p.add_argument("--no-corpus-seeds", action="store_true",
                    help="do not replay the corpus/ programs that belong to an environment first")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")

@@ -35,6 +35,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 import types
 import zlib
 from collections.abc import Callable
@@ -259,3 +260,109 @@ def atheris_loop(spec: Any, strategies: list[Ops], platform: Ops, env: Environme
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
     finish()  # pragma: no cover  (libFuzzer exits first)
+
+
+def _atheris_child(spec: Any, strategies: list[Ops], platform: Ops, env: Environment, conn: Any, stop_ev: Any,
+                   seconds: float | None) -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    t0 = time.monotonic()
+    stats = Stats()
+    last = [t0]
+
+    def send(msg: tuple) -> None:
+        conn.send(msg)
+
+    def tick() -> bool:
+        now = time.monotonic()
+        if now - last[0] >= 0.5:
+            last[0] = now
+            send(("stats", spec.worker, stats))
+        return stop_ev.is_set() or (seconds is not None and now - t0 >= seconds)
+
+    try:
+        atheris_loop(spec, strategies, platform, env, stats, send, tick)
+    finally:
+        os._exit(0)
+
+
+def atheris_unit(unit: Any, strategies: list[Ops], platform: Ops, env: Environment, stats: Stats,
+                 should_stop: Callable[[], bool]) -> tuple[list, str | None]:
+    """One libFuzzer run for a work unit (fuzz.work.FuzzUnit): in a child
+    process (libFuzzer exits its process), ``unit.max_programs`` inputs or
+    ``unit.seconds`` at most; returns the findings and the crash report, if any."""
+    import multiprocessing as mp
+    from types import SimpleNamespace
+
+    ctx = mp.get_context("fork")
+    spec = SimpleNamespace(option=unit.option, length=unit.length, runs=unit.max_programs, jobs=1,
+                           worker=unit.start, seed=unit.seed)
+    r, w = ctx.Pipe(duplex=False)
+    stop_ev = ctx.Event()
+    # a plain fork: this may be a daemonic worker process (fuzz.execution, Dask),
+    # which multiprocessing does not let start children
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (the child)
+        try:
+            r.close()
+            _atheris_child(spec, strategies, platform, env, w, stop_ev, unit.seconds)
+        finally:
+            os._exit(1)
+    w.close()
+    findings: list = []
+    crash: str | None = None
+    done = False
+    exitcode: int | None = None
+
+    def alive() -> bool:
+        nonlocal exitcode
+        if exitcode is None:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                exitcode = os.waitstatus_to_exitcode(status)
+        return exitcode is None
+
+    try:
+        while True:
+            if should_stop():
+                stop_ev.set()
+            if not r.poll(0.1):
+                if not alive() and not r.poll(0):
+                    break
+                continue
+            try:
+                msg = r.recv()
+            except (EOFError, OSError):
+                break
+            kind = msg[0]
+            if kind in ("stats", "done"):
+                st = msg[2]
+                stats.programs, stats.steps, stats.violating = st.programs, st.steps, st.violating
+                stats.behaviours, stats.keys, stats.max_steps_per_program = (
+                    dict(st.behaviours), set(st.keys), st.max_steps_per_program)
+                if kind == "done":
+                    done = True
+            elif kind == "finding":
+                f = msg[2]
+                if f.signature not in stats.signatures:
+                    stats.signatures.add(f.signature)
+                    stats.findings += 1
+                    findings.append(f)
+                    if unit.first_only:
+                        stop_ev.set()
+            elif kind == "crash":
+                crash = msg[2]
+    finally:
+        deadline = time.monotonic() + 5
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if alive():
+            os.kill(pid, 9)
+            _, status = os.waitpid(pid, 0)
+            exitcode = os.waitstatus_to_exitcode(status)
+        r.close()
+    if not done and crash is None:
+        crash = (f"the libFuzzer process exited without reporting (exit code {exitcode}); its crash "
+                 "artifact, if any, is in /tmp/shootdown-atheris-*/")
+    return findings, crash

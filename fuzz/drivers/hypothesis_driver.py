@@ -248,12 +248,13 @@ def hypothesis_iter(strategies: list[Ops], platform: Ops, env: Environment, seed
                     length: int = 32, worker: int = 0, jobs: int = 1,
                     should_stop: Callable[[], bool] = lambda: False, stats: Stats | None = None,
                     chunk: int = CHUNK, feedback: bool = True,
-                    shrink_budget: float = SHRINK_SECONDS) -> Iterator[Finding]:
-    """Run Hypothesis chunks ``worker, worker+jobs, ...`` until ``should_stop()``
-    (checked after every example); yield each new finding, shrunk."""
+                    shrink_budget: float = SHRINK_SECONDS, end: int | None = None) -> Iterator[Finding]:
+    """Run Hypothesis chunks ``worker, worker+jobs, ...`` (below ``end``) until
+    ``should_stop()`` (checked after every example); yield each new finding,
+    shrunk."""
     stats = stats if stats is not None else Stats()
     c = worker
-    while not should_stop():
+    while not should_stop() and (end is None or c < end):
         rec = Recorder(stats, env, should_stop, True, {}, feedback, shrink_budget)
         test = make_test(strategies, platform, env, length, rec)
         s = iteration_seed(seed, c)

@@ -103,10 +103,18 @@ def _check_misspelt_hooks(kind: str, module: ModuleType, hooks: list[str], sourc
             raise PluginError(f"{source}: {attr}() is not a {kind} hook; did you mean {close[0]}()?")
 
 
+#: lists that :func:`load_module_file` appends every file it loads to: a
+#: plug-in is its file plus the helper files it loads by path (fuzz.work ships
+#: them together to the workers of a campaign, by content)
+LOAD_RECORDERS: list[list[Path]] = []
+
+
 def load_module_file(path: str | Path, kind: str) -> ModuleType:
     p = Path(path)
     if not p.is_file():
         raise PluginError(f"{path}: no such {kind} file")
+    for rec in LOAD_RECORDERS:
+        rec.append(p.resolve())
     digest = hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]
     modname = f"_shootdown_{kind}_{p.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(modname, p)
