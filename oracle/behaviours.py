@@ -26,6 +26,10 @@ BEHAVIOURS: dict[str, str] = {
     "kvm-fault-retried": "a KVM fault raced with an invalidation and retried",
     "broadcast-flush": "a broadcast INVLPGB flush completed with TLBSYNC",
     "mm-freed": "an mm was torn down and its pgd freed",
+    "free-held-by-speculative-ref": "a free only dropped a reference: a speculative GUP-fast "
+    "reference kept the page allocated until its put",
+    "gup-returned-refaulted-page": "GUP-fast returned a page allocated during its walk (the ABA "
+    "its re-check accepts: the page mapped at the address when it re-checked)",
 }
 
 
@@ -33,6 +37,7 @@ class Behaviours:
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.mapped: dict[int, tuple[int, int]] = {}
+        self.gup_started: dict[int, int] = {}
 
     def hit(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
@@ -41,7 +46,7 @@ class Behaviours:
         return {k: getattr(self, "_" + k) for k in (
             "walker_map", "walker_unmap", "op_end", "entry_write", "free", "alloc_fail", "switch_mm",
             "ipi_send", "xen_mc_deferred", "gp_end", "gup_put", "pt_reclaim", "need_resched",
-            "pmd_changed", "hw_read", "tlbsync", "mmdrop")}
+            "pmd_changed", "hw_read", "tlbsync", "mmdrop", "free_held", "gup_start", "gup_return")}
 
     def _walker_map(self, ev: Event, sh: Shadow) -> None:
         self.mapped[ev.cpu] = (ev.a["pfn"], ev.a["gen"])
@@ -109,3 +114,15 @@ class Behaviours:
 
     def _mmdrop(self, ev: Event, sh: Shadow) -> None:
         self.hit("mm-freed")
+
+    def _free_held(self, ev: Event, sh: Shadow) -> None:
+        self.hit("free-held-by-speculative-ref")
+
+    def _gup_start(self, ev: Event, sh: Shadow) -> None:
+        self.gup_started[ev.cpu] = ev.seq
+
+    def _gup_return(self, ev: Event, sh: Shadow) -> None:
+        start = self.gup_started.pop(ev.cpu, None)
+        alloc = sh.last_alloc.get(ev.a["pfn"])
+        if start is not None and alloc is not None and alloc.seq > start:
+            self.hit("gup-returned-refaulted-page")

@@ -31,3 +31,17 @@ def test_replay_matches_expected(path: Path):
         assert r.verdict.outcome == "quiescent", (path.name, r.verdict.strategy, r.verdict.outcome)
     assert got == want, "\n".join(f"{x.strategy}: {x.check}: {x.summary}"
                                   for r in res.runs for x in r.verdict.violations)
+
+
+@pytest.mark.parametrize("name, behaviour", [
+    ("gupfast+madvise+refault-aba+xen-pv.yaml", "gup-returned-refaulted-page"),
+    ("gupfast+madvise+refault-aba+broadcast.yaml", "gup-returned-refaulted-page"),
+    ("gupfast+pte-free+speculative-ref+xen-pv.yaml", "free-held-by-speculative-ref"),
+])
+def test_false_alarm_regressions_still_reach_their_race(name: str, behaviour: str):
+    """The S of these files means something only if the race they were
+    written for still happens: every strategy's run reaches it."""
+    lit = corpus.load(ROOT / "corpus" / name)
+    for s in ("semi-rcu", "full-rcu"):
+        res = run_lockstep(lit.program, [registry.strategy(s)], registry.platform(lit.program.platform))
+        assert res.runs[0].verdict.behaviours.get(behaviour), (name, s)

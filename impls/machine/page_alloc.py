@@ -108,11 +108,25 @@ class Frames:
         return f
 
     def free(self, cpu: int, f: Frame, via: str) -> None:
-        """__free_pages(): the frame's generation ends here.  Freeing a free
-        frame is recorded (the oracle reports it) and otherwise ignored."""
+        """mm/page_alloc.c: __free_pages(): drop the allocation's reference;
+        the frame's generation ends only when that was the last one
+        (``put_page_testzero()``).  Somebody else's reference (a GUP-fast
+        speculative ``folio_try_get()`` that landed on the frame) keeps it
+        allocated, in its current role, until that holder's ``put_page()``.
+        Freeing a free frame is recorded (the oracle reports it) and
+        otherwise ignored."""
         if f.state == FREE:
             self.h.emit(cpu, "double_free", pfn=f.pfn, gen=f.gen, via=via)
             return
+        if f.refcount > 1:
+            f.refcount -= 1
+            self.h.emit_attrs(cpu, "free_held", {"pfn": f.pfn, "gen": f.gen, "state": f.state,
+                                                 "via": via, "refcount": f.refcount})
+            return
+        self._release(cpu, f, via)
+
+    def _release(self, cpu: int, f: Frame, via: str) -> None:
+        """The last reference is gone: the frame goes back to the allocator."""
         self.h.emit_attrs(cpu, "free", {
             "pfn": f.pfn, "gen": f.gen, "state": f.state, "level": f.level, "via": via,
             "pinned": f.pinned, "xen_pinned": f.xen_pinned, "ro": f.ro,
@@ -130,7 +144,7 @@ class Frames:
             return
         f.refcount -= 1
         if f.refcount <= 0:
-            self.free(cpu, f, via)
+            self._release(cpu, f, via)
 
     def get_page_unless_zero(self, f: Frame) -> bool:
         """folio_try_get(): the speculative reference of GUP-fast; fails on a
