@@ -6,8 +6,12 @@ frees inline, another in an RCU callback), so only *schedule-robust*
 observables at quiescence are compared:
 
 * ``mapped``: for every page touched by mutating operations (faults,
-  munmap, madvise, mmap) of a single CPU only, whether it is mapped at the
-  end; the order of those operations is program order, whatever the schedule;
+  munmap, madvise, mmap) of a single CPU only, each of which acts on that mm
+  under every schedule, whether it is mapped at the end; the order of those
+  operations is program order, whatever the schedule.  An operation whose mm
+  depends on the schedule (after a switch to an mm that may be exiting, which
+  is then skipped, or on a thread an exit may kill first) makes the pages it
+  covers racy in every mm it may act on;
 * ``mm state``: which address spaces exited and were freed;
 * ``leaked pages``: data pages alive at the end but mapped nowhere.
 
@@ -32,6 +36,11 @@ ALLOWANCES = ("frame numbers", "flush timing and count", "IPI count", "RCU callb
 _MUTATING_RANGE = ("munmap", "madvise", "mmap", "populate")
 #: kvm_access faults the page in (kvm_fault, slow GUP) on an spte miss
 _MUTATING_PAGE = ("access", "kvm_fault", "kvm_access")
+
+
+#: stands for "some CPU, depending on the schedule" in the sets of CPUs that
+#: may mutate a page: its presence makes the page racy
+UNCERTAIN = -1
 
 
 def _possible_mms(program: Program, dying: set[int]) -> tuple[dict[int, list[tuple[set, object]]], set[int], bool]:
@@ -88,14 +97,18 @@ def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
                 pages = range(op.addr & ~(PAGE_SIZE - 1), (op.addr & ~(PAGE_SIZE - 1)) + 1, PAGE_SIZE)
             else:
                 continue
+            # an operation whose mm depends on the schedule (a switch that may
+            # be skipped, a thread that may be killed first) acts on one of
+            # its possible mms or on none: the pages it covers are racy in all
+            who = cpu if len(poss) == 1 else UNCERTAIN
             for mm in poss:
                 if mm is None:
                     continue
                 if len(pages) > 4096:  # MODEL: huge ranges make every page they cover racy
-                    touched.setdefault((mm, -1), set()).add(cpu)
+                    touched.setdefault((mm, -1), set()).update((cpu, who))
                     continue
                 for va in pages:
-                    touched.setdefault((mm, va), set()).add(cpu)
+                    touched.setdefault((mm, va), set()).update((cpu, who))
     return {k: len(v) == 1 and k[0] not in dying for k, v in touched.items() if k[1] >= 0}
 
 
@@ -160,9 +173,12 @@ class _Touches:
                     stop = start + 1
                 else:
                     continue
+                who = cpu if len(poss) == 1 else UNCERTAIN  # as in robust_pages()
                 for mm in poss:
                     if mm is not None:
                         self.spans.setdefault(mm, []).append((start, stop, cpu))
+                        if who != cpu:
+                            self.spans[mm].append((start, stop, who))
 
     def robust(self, mm: int, va: int) -> bool:
         """``robust_pages(program).get((mm, va), False)``."""

@@ -1,50 +1,93 @@
 """leaked-gup-pin (I6) and leaked-xen-pin (I7).
 
-GUP: a speculative reference is legitimate only if, when it was taken, the
-page was the one mapped at the address; GUP-fast may return it only then, and
-must drop every reference it does not return.  Xen: a frame may only go back
-to the allocator unpinned, writable and without ``PG_pinned``; an unpin of a
-pgd still in some vCPU's effective CR3 fails.
+GUP (primer 3.2, I6, GUP-fast's actual contract): the page a lockless walker
+returns for an address must have been mapped there, *in the generation it
+holds a reference to*, at some instant of the walk (from ``gup_start`` to
+``gup_return``); references may be taken only on allocated pages; every
+reference not returned must be dropped.  What this deliberately does not flag:
+an ABA (the page freed and the same frame mapped again at the address, with
+the same PTE value, before the re-check: the page returned *is* the one mapped
+there, and GUP-fast's re-check is its linearisation point), and a walker
+without a re-check whose page stayed mapped until it took its reference (x86
+before v4.13 on bare metal, where the flush IPI holds the free off).
+
+Xen: a frame may only go back to the allocator unpinned, writable and without
+``PG_pinned``; an unpin of a pgd still in some vCPU's effective CR3 fails.
 """
 
 from __future__ import annotations
 
 from impls.machine.history import Event
-from impls.machine.page_alloc import DATA
+from impls.machine.page_alloc import FREE
 
 from .base import Check, Handler
 from .shadow import Shadow
 
 
+class _Walk:
+    """One GUP-fast walk in progress on a CPU: every (pfn, gen) that the live
+    page tables mapped at its address at some instant since it started."""
+
+    __slots__ = ("mm", "addr", "seen", "grab")
+
+    def __init__(self, mm: int, addr: int, now: tuple[int, int] | None) -> None:
+        self.mm = mm
+        self.addr = addr
+        self.seen: set[tuple[int, int] | None] = {now}
+        self.grab: Event | None = None
+
+
 class GupPinCheck(Check):
     def __init__(self, strategy: str) -> None:
         super().__init__(strategy)
-        self.grabs: dict[int, tuple[Event, bool]] = {}
+        self.walks: dict[int, _Walk] = {}
+        self.grabs: dict[int, Event] = {}
         self.returned: dict[int, Event] = {}
 
     def handlers(self) -> dict[str, Handler]:
-        return {"gup_grab": self.grab, "gup_put": self.put, "gup_return": self.ret,
-                "gup_unpin": self.unpin}
+        return {"gup_start": self.start, "entry_write": self.write, "gup_grab": self.grab,
+                "gup_put": self.put, "gup_return": self.ret, "gup_unpin": self.unpin}
+
+    def start(self, ev: Event, sh: Shadow) -> None:
+        a = ev.a
+        self.walks[ev.cpu] = _Walk(a["mm"], a["addr"], sh.translate(a["mm"], a["addr"]))
+
+    def write(self, ev: Event, sh: Shadow) -> None:
+        # the state before this store is one instant of every walk in progress
+        # (the state after the last store is seen at the next grab or return)
+        for w in self.walks.values():
+            w.seen.add(sh.translate(w.mm, w.addr))
 
     def grab(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
-        mapped = sh.translate(a["mm"], a["addr"])
-        ok = (mapped == (a["pfn"], a["gen"]) and sh.state.get(a["pfn"]) == DATA)
-        self.grabs[ev.cpu] = (ev, ok)
+        if sh.state.get(a["pfn"], FREE) == FREE or sh.gen.get(a["pfn"]) != a["gen"]:
+            self.report("leaked-gup-pin", (ev.cpu, ev.seq),
+                        f"GUP-fast on CPU{ev.cpu} took a reference on pfn {a['pfn']:#x}, a free "
+                        "page: a speculative reference may only be taken on an allocated page "
+                        "(folio_try_get() fails on a zero refcount)",
+                        [sh.last_op.get(ev.cpu), sh.frees.get((a["pfn"], a["gen"])), ev], pfn=a["pfn"])
+        self.grabs[ev.cpu] = ev
+        w = self.walks.get(ev.cpu)
+        if w is not None:
+            w.seen.add(sh.translate(w.mm, w.addr))
 
     def put(self, ev: Event, sh: Shadow) -> None:
         self.grabs.pop(ev.cpu, None)
 
     def ret(self, ev: Event, sh: Shadow) -> None:
-        grab = self.grabs.pop(ev.cpu, None)
+        g = self.grabs.pop(ev.cpu, None)
+        w = self.walks.pop(ev.cpu, None)
         self.returned[ev.cpu] = ev
-        if grab is not None and not grab[1]:
-            g = grab[0]
-            self.report("leaked-gup-pin", (ev.cpu, g.seq),
-                        f"GUP-fast on CPU{ev.cpu} returned pfn {g.pfn:#x} for va {g.addr:#x}, "
-                        "but that page was not mapped there when the reference was taken",
-                        [sh.last_op.get(ev.cpu), sh.pte_clears.get((g.pfn, g.gen)),
-                         sh.frees.get((g.pfn, g.gen)), g, ev], pfn=g.pfn)
+        a = ev.a
+        page = (a["pfn"], a["gen"])
+        if w is None or page in w.seen or sh.translate(w.mm, w.addr) == page:
+            return
+        self.report("leaked-gup-pin", (ev.cpu, ev.seq),
+                    f"GUP-fast on CPU{ev.cpu} returned pfn {a['pfn']:#x} (generation {a['gen']}) "
+                    f"for va {a['addr']:#x}, but that page was not mapped there at any instant "
+                    "of the walk",
+                    [sh.last_op.get(ev.cpu), sh.pte_clears.get(page), sh.frees.get(page),
+                     sh.last_alloc.get(a["pfn"]), g, ev], pfn=a["pfn"])
 
     def unpin(self, ev: Event, sh: Shadow) -> None:
         self.returned.pop(ev.cpu, None)
@@ -52,7 +95,7 @@ class GupPinCheck(Check):
     def finish(self, sh: Shadow, final: Event | None) -> None:
         if final is None:
             return  # the run did not finish its operations
-        for cpu, (g, _) in self.grabs.items():
+        for cpu, g in self.grabs.items():
             self.report("leaked-gup-pin", (cpu, g.seq),
                         f"GUP-fast on CPU{cpu} took a reference on pfn {g.pfn:#x} and never "
                         "dropped or returned it", [g], pfn=g.pfn)

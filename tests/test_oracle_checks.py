@@ -50,19 +50,26 @@ ops:
 
 LAZY_CPU_CACHES_TABLE = ROOT / "corpus" / "lazytlb+munmap+tablefree.yaml"
 
-GUP_VS_ZAP = """
+# GUP-fast reads the PTE; on Xen PV the munmap's hypercall flush does not wait for
+# the IRQ-off walker, so the data page is freed at once, and the populate of
+# another range re-purposes the frame before the walker's speculative reference.
+# The page GUP-fast then holds was never mapped at its address during the walk.
+GUP_VS_ZAP_REUSED = """
 shootdown: 1
-platform: native
+platform: xen-pv
 cpus: 2
-vmas: [{mm: 0, start: 0x200000, len: 0x200000}]
+vmas: [{mm: 0, start: 0x200000, len: 0x200000}, {mm: 0, start: 0x600000, len: 0x200000}]
 setup:
   - {cpu: 0, op: populate, addr: 0x200000, len: 0x1000}
+  - {cpu: 0, op: populate, addr: 0x600000, len: 0x1000}
 ops:
   - {cpu: 1, op: gup_fast, addr: 0x200000}
   - {cpu: 0, op: munmap, addr: 0x200000, len: 0x200000}
+  - {cpu: 0, op: populate, addr: 0x601000, len: 0x1000}
 schedule:
   - {cpu: 1, until: "gup_fast:pte_read"}
-  - {cpu: 0, until: "zap_pte_range:cleared"}
+  - {cpu: 0, until: op_end}
+  - {cpu: 0, until: op_end}
   - {cpu: 1, until: op_end}
 """
 
@@ -117,8 +124,8 @@ CASES = [
      ("direct", None, {})),
     ("table-uaf", GUP_VS_MUNMAP_XEN, (str(MUT / "rcu_free_without_grace_period.py"), None, {}),
      ("semi-rcu", None, {})),
-    ("leaked-gup-pin", GUP_VS_ZAP, (str(MUT / "gup_fast_no_recheck.py"), None, {}),
-     ("direct", None, {})),
+    ("leaked-gup-pin", GUP_VS_ZAP_REUSED, (str(MUT / "gup_fast_no_recheck.py"), None, {}),
+     ("full-rcu", None, {})),
     ("leaked-xen-pin", ROOT / "corpus" / "xen+exit_mmap+deferred-cr3.yaml",
      ("direct", str(MUT / "xen_stale_cr3.py"), {}), ("direct", "xen-pv", {})),
     ("ordering", POPULATED_THEN_UNMAPPED, (str(MUT / "flush_mmu_free_before_flush.py"), None, {}),
@@ -160,8 +167,54 @@ def test_ordering_fires_without_any_stale_entry():
 
 
 def test_gup_recheck_is_what_prevents_the_leak():
-    _, v = _checks(GUP_VS_ZAP, "direct")
+    _, v = _checks(GUP_VS_ZAP_REUSED, "full-rcu")
     assert v.behaviours.get("gup-recheck-failed") == 1
+
+
+# GUP-fast reads the PTE on bare metal; the zap clears it, and the flush IPI
+# waits for the IRQ-off walker, so the page is still allocated (and was mapped
+# at the instant the PTE was read) when the speculative reference is taken.
+GUP_VS_ZAP_NATIVE = """
+shootdown: 1
+platform: native
+cpus: 2
+vmas: [{mm: 0, start: 0x200000, len: 0x200000}]
+setup:
+  - {cpu: 0, op: populate, addr: 0x200000, len: 0x1000}
+ops:
+  - {cpu: 1, op: gup_fast, addr: 0x200000}
+  - {cpu: 0, op: munmap, addr: 0x200000, len: 0x200000}
+schedule:
+  - {cpu: 1, until: "gup_fast:pte_read"}
+  - {cpu: 0, until: "zap_pte_range:cleared"}
+  - {cpu: 1, until: op_end}
+"""
+
+
+def test_gup_without_recheck_is_safe_where_the_ipi_holds_the_free_off():
+    """I6 as GUP-fast's contract: x86 before v4.13 had no re-check and was safe
+    on bare metal; the page returned was mapped at the address when the walker
+    read the PTE, an instant of the walk."""
+    prog = _program(GUP_VS_ZAP_NATIVE)
+    r = run_program(prog, registry.strategy(str(MUT / "gup_fast_no_recheck.py")), registry.platform("native"))
+    assert r.verdict.checks() == [], [x.summary for x in r.verdict.violations]
+    kinds = [(e.kind, e.a.get("why", "")) for e in r.history.events]
+    # the race happened: the PTE was cleared before the reference was taken,
+    # and the walker returned the page
+    grab = kinds.index(("gup_grab", ""))
+    assert ("entry_write", "ptep_get_and_clear_full (zap)") in kinds[:grab]
+    assert ("gup_return", "") in kinds[grab:]
+
+
+def test_gup_reference_on_a_free_page_is_a_leak():
+    """A walker that takes a plain reference (not add-unless-zero) on a page
+    that is already free breaks I6 whatever it returns."""
+    src = GUP_VS_ZAP_REUSED.replace("  - {cpu: 0, op: populate, addr: 0x601000, len: 0x1000}\n", "")
+    src = src.replace("  - {cpu: 0, until: op_end}\n  - {cpu: 0, until: op_end}\n",
+                      "  - {cpu: 0, until: op_end}\n")
+    checks, v = _checks(src, str(MUT / "oracle_gup_get_page.py"))
+    assert "leaked-gup-pin" in checks
+    assert any("a free page" in x.summary for x in v.violations if x.check == "leaked-gup-pin")
 
 
 def test_divergence_names_both_strategies_and_the_observable():
@@ -251,3 +304,46 @@ def test_no_false_divergence_kvm_access_vs_mmap():
     found = list(fuzz_iter(strategies, registry.platform(env.platform), env, "random", seed=0, length=128,
                            start=1094, stop=lambda i: i > 1094, swarm=SWARM))
     assert [f.signature for f in found] == []
+
+
+# CPU1 switches from mm1 to mm0 and munmaps 0x200000 while CPU2 exits mm0.  If
+# the exit comes first, the switch is skipped (mm0 is dying) and the munmap
+# hits mm1; otherwise it hits mm0.  Both are correct executions.
+SWITCH_TO_DYING_MM = """
+shootdown: 1
+platform: native
+cpus: 3
+mms: 2
+start: [0, 1, 0]
+vmas:
+  - {mm: 0, start: 0x200000, len: 0x200000}
+  - {mm: 1, start: 0x200000, len: 0x200000}
+setup:
+  - {cpu: 1, op: populate, addr: 0x200000, len: 0x1000}
+ops:
+  - {cpu: 1, op: switch, mm: 0}
+  - {cpu: 1, op: munmap, addr: 0x200000, len: 0x200000}
+  - {cpu: 2, op: exit}
+"""
+
+
+def test_divergence_ignores_pages_whose_mm_depends_on_the_schedule():
+    """The cause of the divergences that did not replay (issue: no false
+    alarms): an operation after a switch to an mm that may be exiting acts on
+    one mm or the other depending on the schedule, so the pages it covers are
+    not schedule-robust in either."""
+    from dataclasses import replace
+
+    from impls.machine.choices import SchedEntry, Schedule
+    from oracle.divergence import compare, robust_pages
+
+    prog = _program(SWITCH_TO_DYING_MM)
+    assert robust_pages(prog).get((1, 0x200000)) is False
+    switch_first = Schedule(sched=(SchedEntry(1, until="op_end"), SchedEntry(1, until="op_end")))
+    exit_first = Schedule(sched=(SchedEntry(2, until="exit:exit_mm"),))
+    hs = [run_program(replace(prog, schedule=s), registry.strategy("direct"), registry.platform("native")).history
+          for s in (switch_first, exit_first)]
+    finals = [next(e for e in h.events if e.kind == "final") for h in hs]
+    mapped = [{va for va, _ in f.a["mms"][1]["mapping"]} for f in finals]
+    assert (0x200000 in mapped[0]) != (0x200000 in mapped[1]), "the two schedules must differ"
+    assert compare(hs, prog) == []

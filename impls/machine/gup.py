@@ -132,6 +132,9 @@ def gup_fast_op(cpu: Cpu, op) -> Step:
     mm = cpu.current_mm
     if mm is None:
         return "skipped: kernel thread"
+    # the walk's window opens here: the oracle's GUP contract (I6) is "the
+    # page returned was mapped at the address at some instant of the walk"
+    m.h.emit(cpu.id, "gup_start", mm=mm.id, addr=op.addr)
     page = yield from m.S.gup_fast(cpu, mm, op.addr, op.write)
     if page is None:
         return "fallback to slow GUP"
