@@ -29,12 +29,16 @@ class Environment:
     biases: dict[str, float] = field(default_factory=dict)
     kvm: bool = False
     iommu: bool = False
+    #: lazy-TLB CPUs (kernel-thread switches, exits) are generated; the
+    #: native columns other than E8 have none, so that an E1 verdict never
+    #: rests on a lazy CPU (E8's question)
+    lazy_tlb: bool = True
 
     def gen_config(self, length: int = 32, platform: str | None = None) -> GenConfig:
         w = dict(DEFAULT_WEIGHTS)
         w.update(self.weights)
         return GenConfig(platform=platform or self.platform, length=length, pt_reclaim=self.pt_reclaim,
-                         kvm=self.kvm, iommu=self.iommu, weights=w)
+                         kvm=self.kvm, iommu=self.iommu, lazy_tlb=self.lazy_tlb, weights=w)
 
     def choice_biases(self) -> dict[str, float]:
         b = dict(DEFAULT_BIASES)
@@ -55,10 +59,10 @@ _LAZY = {"switch": 6.0, "spec_walk": 6.0}
 ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
     Environment("native", "E1", "native",
                 "bare metal, synchronous IPI flush; IRQ-off walkers (GUP-fast) race with frees",
-                weights=_NO_RCU_WALKERS, biases=_NO_BATCH_FAIL),
+                weights=_NO_RCU_WALKERS, biases=_NO_BATCH_FAIL, lazy_tlb=False),
     Environment("native+pt-reclaim", "E2", "native",
                 "E1 plus RCU-only pte_offset_map() walkers while PT_RECLAIM frees empty PTE tables",
-                pt_reclaim="on", weights=_RECLAIM),
+                pt_reclaim="on", weights=_RECLAIM, lazy_tlb=False),
     Environment("xen-pv", "E3", "xen-pv",
                 "Xen PV: hypercall flush (no IPI), lazy multicalls, pinning",
                 weights=_NO_RCU_WALKERS, biases=_NO_BATCH_FAIL),
@@ -67,7 +71,7 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
                 weights=_NO_RCU_WALKERS, biases=_NO_BATCH_FAIL),
     Environment("native+batch-fail", "E7", "native",
                 "E1 with every table-batch allocation failing (the single-table fallback)",
-                weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL),
+                weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL, lazy_tlb=False),
     Environment("xen-pv+batch-fail", "E7", "xen-pv",
                 "E3 with every table-batch allocation failing",
                 weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL),
@@ -76,7 +80,7 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
                 weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL),
     Environment("native+pt-reclaim+batch-fail", "E7", "native",
                 "E2 with every table-batch allocation failing: RCU-only walkers meet the fallback",
-                pt_reclaim="on", weights=_RECLAIM, biases=_BATCH_FAIL),
+                pt_reclaim="on", weights=_RECLAIM, biases=_BATCH_FAIL, lazy_tlb=False),
     Environment("native+lazy", "E8", "native",
                 "E1 with CPUs going lazy-TLB (kernel threads) and walking speculatively",
                 weights={**_NO_RCU_WALKERS, **_LAZY}, biases=_NO_BATCH_FAIL),
@@ -84,7 +88,7 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
                 "E1 with a KVM guest and an SVA-bound IOMMU walking the mm: secondary MMUs "
                 "invalidated through mmu notifiers (not a column of the primer's matrix)",
                 weights={**_NO_RCU_WALKERS, "kvm_fault": 3.0, "kvm_access": 3.0, "iommu_access": 4.0},
-                biases=_NO_BATCH_FAIL, kvm=True, iommu=True),
+                biases=_NO_BATCH_FAIL, kvm=True, iommu=True, lazy_tlb=False),
 )}
 
 

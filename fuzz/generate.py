@@ -120,6 +120,10 @@ class GenConfig:
     pt_reclaim: str = "off"
     kvm: bool = False
     iommu: bool = False
+    #: whether CPUs may go lazy-TLB (a switch to a kernel thread, an exit,
+    #: which leaves the exiting CPU and the killed threads' CPUs lazy on the
+    #: dying mm): the primer's E8 reader class, kept out of E1
+    lazy_tlb: bool = True
     #: relative weight of each operation kind (0 disables it)
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
@@ -153,6 +157,8 @@ def op_weights(cfg: GenConfig) -> dict[str, float]:
         weights.pop("iommu_access", None)
     if cfg.pt_reclaim == "off":
         weights["madvise"] = weights.get("madvise", 0) * 0.5
+    if not cfg.lazy_tlb:
+        weights.pop("exit", None)  # exit_mm() leaves CPUs lazy on the dying mm
     return weights
 
 
@@ -186,7 +192,7 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
     weights = op_weights(cfg)
     for _ in range(cfg.length):
         cpu = draw.int(0, cpus - 1)
-        op = _gen_op(draw, st, cpu, mms, weights)
+        op = _gen_op(draw, st, cpu, mms, weights, cfg.lazy_tlb)
         if op is not None:
             ops.append(op)
     return Program(cpus=cpus, mms=mms, platform=cfg.platform, start=tuple(start), vmas=tuple(vmas),
@@ -197,7 +203,8 @@ def _page_addr(slot: int, page: int) -> int:
     return SLOTS[slot][0] + page * PAGE_SIZE
 
 
-def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float]) -> Op | None:
+def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float],
+            lazy_tlb: bool = True) -> Op | None:
     mm = st.running[cpu]
     if mm is None or mm not in st.alive:
         alive = sorted(st.alive)
@@ -260,7 +267,11 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         st.touched[mm] = {t for t in st.touched[mm] if t[0] != slot}
         return Op(cpu, "madvise", addr=SLOTS[slot][0], len=SLOTS[slot][1])
     if kind == "switch":
-        options: list[int | None] = [None] + [m for m in sorted(st.alive) if m != mm]
+        options: list[int | None] = [m for m in sorted(st.alive) if m != mm]
+        if lazy_tlb:
+            options.insert(0, None)
+        if not options:
+            return None
         target = options[draw.int(0, len(options) - 1)]
         st.running[cpu] = target
         return Op(cpu, "switch", mm=target)

@@ -26,7 +26,7 @@ from impls.machine.plugin import load_module_file
 from impls.pt_reclaim import mmu_gather as correct
 
 NAME = "gather-drops-page-when-full"
-PLANTED = {"env": "native", "kind": "strategy", "check": "accounting", "also": ("divergence",)}
+PLANTED = {"env": "native+lazy", "kind": "strategy", "check": "accounting", "also": ("divergence",)}
 
 
 def __tlb_remove_page_size(tlb, page, page_size=PAGE_SIZE):
