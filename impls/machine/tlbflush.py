@@ -77,7 +77,10 @@ def flush_tlb_mm_range(cpu: Cpu, mm: Mm, start: int, end: int, stride_shift: int
         local_irq_enable(cpu)
     preempt_enable(cpu)  # put_cpu()
     m.h.emit(cpu.id, "flush_end", id=info.id)
-    mmu_notifier_arch_invalidate_secondary_tlbs(cpu, mm, info.start, info.end)
+    # the caller's range, not the one get_flush_tlb_info() widened to a full
+    # flush (v6.15 flush_tlb_mm_range(): "mmu_notifier_arch_invalidate_
+    # secondary_tlbs(mm, start, end)" after put_cpu())
+    mmu_notifier_arch_invalidate_secondary_tlbs(cpu, mm, start, end)
 
 
 def mmu_notifier_arch_invalidate_secondary_tlbs(cpu: Cpu, mm: Mm, start: int, end: int) -> None:

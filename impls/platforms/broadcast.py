@@ -4,7 +4,9 @@ TLBI+DSB and Intel RAR).
 
 Every mm has a global ASID (MODEL: ``consider_global_asid()`` always says yes),
 so ``flush_tlb_mm_range()`` issues INVLPGB for the range (leaf-only, with
-``INVLPGB_FINAL_ONLY``, unless ``freed_tables``).  The invalidation reaches the
+``INVLPGB_FINAL_ONLY``, unless ``freed_tables``), or for the whole PCID when
+the range is ``TLB_FLUSH_ALL`` (``invlpgb_flush_single_pcid_nosync()``, which
+never sets ``INVLPGB_FINAL_ONLY``: paging-structure entries go too).  The invalidation reaches the
 other CPUs asynchronously, without interrupting them and whatever their IRQ
 state: a CPU keeps using its old entries until the invalidation lands (the
 ``invlpgb.delay`` choice holds it back).  ``__tlbsync()`` at the end of
@@ -43,11 +45,10 @@ def _land(target: Cpu, info: FlushTlbInfo) -> None:
         h.emit(target.id, "invlpgb_land", id=info.id, effect="other asid")
         return
     if info.end == TLB_FLUSH_ALL:
-        if info.freed_tables:
-            flush_all(target.id, h, target.tlb, target.psc, why)
-        else:
-            target.tlb.clear()
-            h.emit(target.id, "tlb_inv_leaf_all", why=why)
+        # invlpgb_flush_single_pcid_nosync(): INVLPGB by PCID, without
+        # INVLPGB_FLAG_FINAL_ONLY whatever freed_tables says, so the
+        # paging-structure caches go too (v6.15 broadcast_tlb_flush())
+        flush_all(target.id, h, target.tlb, target.psc, why)
         return
     addr = info.start
     step = 1 << info.stride_shift
