@@ -46,6 +46,13 @@ DIR ?= explore-out
 explore: $(STAMP) ## behaviour-guided exploration for EXPLORE_SECONDS, resumable from DIR; writes DIR/report.md
 	$(BIN)/shootdown explore --budget $(EXPLORE_SECONDS) --jobs $(EXPLORE_JOBS) --dir $(DIR)
 
+SOAK_SEEDS ?= 5
+SOAK_PROGRAMS ?= 4000
+SOAK_JOBS ?= 2
+.PHONY: soak
+soak: $(STAMP) ## the gate for model/oracle changes: built-ins on their SAFE_ON envs, many seeds (SOAK_SEEDS, SOAK_PROGRAMS)
+	$(BIN)/python bench/soak.py --seeds $(SOAK_SEEDS) --programs $(SOAK_PROGRAMS) --jobs $(SOAK_JOBS) $(if $(SOAK_FIRST_SEED),--first-seed $(SOAK_FIRST_SEED))
+
 BENCH_JOBS ?= 2
 bench: $(STAMP) ## print the benchmarks' figures (throughput, engines, detection; ~15 min)
 	$(BIN)/python bench/throughput.py
