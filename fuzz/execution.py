@@ -425,9 +425,9 @@ class DaskCluster:
         self.futures[t] = fut
         return t
 
-    def _watch_workers(self, events: list[Event]) -> None:
+    def _watch_workers(self, events: list[Event], force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._checked < 1.0:
+        if now - self._checked < 1.0 and not force:
             return
         self._checked = now
         try:
@@ -460,6 +460,10 @@ class DaskCluster:
                 exc = fut.exception()
                 events.append(Failed(t, f"{type(exc).__name__}: {exc}"))
         return events
+
+    def check_workers(self) -> None:
+        """Look at the worker list now (the summary's lost workers are up to date)."""
+        self._watch_workers([], force=True)
 
     def cancel_pending(self) -> list[int]:
         out = list(self.futures)

@@ -599,6 +599,8 @@ class Session:
         except KeyboardInterrupt:
             self.stop.hurry()
         finally:
+            if hasattr(self.ex, "check_workers"):
+                self.ex.check_workers()
             self.summary.lost_workers = list(self.ex.lost)
             if own:
                 self.ex.close()

@@ -190,6 +190,48 @@ def test_a_killed_worker_loses_nothing(tmp_path):
     assert files(tmp_path / "killed") == files(tmp_path / "ref") and r.findings
 
 
+class _KillOneDask:
+    """Wraps a DaskCluster executor: SIGKILLs one worker process once the first unit is back."""
+
+    def __init__(self, address: str) -> None:
+        from fuzz.execution import DaskCluster
+        self.ex = DaskCluster(address)
+        self.killed: int | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.ex, name)
+
+    def poll(self, timeout: float):
+        events = self.ex.poll(timeout)
+        if self.killed is None and any(isinstance(e, Done) for e in events):
+            pids = self.ex.client.run(os.getpid)
+            self.killed = pids[sorted(pids)[0]]
+            os.kill(self.killed, signal.SIGKILL)
+        return events
+
+
+@pytest.mark.dask
+def test_a_killed_dask_worker_is_reported_and_its_units_run_elsewhere(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    plan = Plan([CellSpec(("direct", "semi-rcu"), "xen-pv", "xen-pv")], runs=120, seed=3, length=64, jobs=1,
+                out=tmp_path / "ref", minimize_attempts=500)
+    ref = Session(plan).run()
+    plan.out = tmp_path / "dask"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        ex = _KillOneDask(cluster.scheduler_address)
+        try:
+            got = Session(plan).run(ex)
+        finally:
+            ex.close()
+    assert ex.killed is not None and got.crashes == 0
+    assert got.lost_workers and "left the cluster" in got.lost_workers[0]
+    assert got.cells[0].covered == [[0, 120]]
+    assert [(f.signature, f.iteration) for f in got.cells[0].findings] == \
+        [(f.signature, f.iteration) for f in ref.cells[0].findings]
+    assert files(tmp_path / "dask") == files(tmp_path / "ref")
+
+
 # -- SIGTERM ------------------------------------------------------------------------------------------------
 
 

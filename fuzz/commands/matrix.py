@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -79,6 +80,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     except ExecutionError as e:
         raise UsageError(str(e)) from None
     ordered = [specs[i] for i in order]
+
+    def on_sigterm(signum, frame):  # like Ctrl-C: the workers are stopped, nothing left behind
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         cells_ordered = matrix.run_matrix(ordered, jobs, progress, cluster=args.cluster)
     except ExecutionError as e:
@@ -86,6 +92,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     except matrix.MatrixError as e:
         print(f"shootdown: error: {e}", file=sys.stderr)
         return EXIT_VIOLATION
+    finally:
+        signal.signal(signal.SIGTERM, old)
     by_spec = dict(zip(order, cells_ordered, strict=True))
     cells = [by_spec[i] for i in range(len(specs))]
     mismatches, unknown = (matrix.compare(cells, expected) if expected is not None else (None, None))
