@@ -125,7 +125,7 @@ def test_same_findings_and_files_with_one_job_two_jobs_and_a_dask_cluster(capsys
     one = fuzz_json(capsys, tmp_path / "one", "--jobs", "1")
     two = fuzz_json(capsys, tmp_path / "two", "--jobs", "2")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         dask = fuzz_json(capsys, tmp_path / "dask", "--cluster", cluster.scheduler_address)
     assert dask["executor"].startswith("Dask cluster") and two["executor"] == "2 local worker processes"
     findings = [f for c in one["cells"] for f in c["findings"]]
@@ -144,7 +144,7 @@ def test_matrix_on_a_dask_cluster_matches_local_workers():
              for e in ("xen-pv", "native+batch-fail")]
     local = matrix.run_matrix(specs, jobs=2)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         dask = matrix.run_matrix(specs, cluster=cluster.scheduler_address)
     key = [(c.strategy, c.env, c.verdict, c.checks, c.programs, c.pct_programs, c.found_by) for c in local]
     assert key == [(c.strategy, c.env, c.verdict, c.checks, c.programs, c.pct_programs, c.found_by) for c in dask]
@@ -218,7 +218,7 @@ def test_a_killed_dask_worker_is_reported_and_its_units_run_elsewhere(tmp_path):
     ref = Session(plan).run()
     plan.out = tmp_path / "dask"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         ex = _KillOneDask(cluster.scheduler_address)
         try:
             got = Session(plan).run(ex)
