@@ -14,6 +14,9 @@ is judged absolutely on each strategy and compared for divergence.  Seed ``k``
 engine, at program length ``lengths[k % len(lengths)]`` (short programs reach
 races faster, long ones reach deep states).  Every violation is minimised and
 written as a reproducer to ``--out`` (the same files ``shootdown fuzz`` writes).
+It runs on the execution layer (fuzz.execution) as ``shootdown fuzz`` does:
+``--jobs`` local workers, or a Dask cluster (``--cluster``), with the same
+results for the same seeds.
 
 Prints, per cell and seed, programs run and violations, then totals, the CPU
 time of this process and its workers, and the command.  Exit status 1 if any
@@ -32,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.safe_on import safe_on_cells  # noqa: E402
 from fuzz.execution import default_jobs  # noqa: E402
+from fuzz.safe_on import safe_on_cells  # noqa: E402
 from fuzz.session import Plan, run_session  # noqa: E402
 from impls import registry  # noqa: E402
 
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", default="32,64,128",
                     help="program lengths, one per seed in turn (default 32,64,128)")
     ap.add_argument("--jobs", type=int, default=default_jobs(), help="worker processes (default: all cores)")
+    ap.add_argument("--cluster", metavar="ADDRESS",
+                    help="soak on a Dask cluster (tcp://host:8786; default: $SHOOTDOWN_CLUSTER, else --jobs "
+                         "local workers)")
     ap.add_argument("--out", type=Path, default=Path("soak-out"), help="where reproducers go (default soak-out/)")
     ap.add_argument("--minimize-attempts", type=int, default=1000,
                     help="replays spent minimising each violation (default 1,000)")
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cells = safe_on_cells([registry.strategy(s) for s in BUILTINS])
     command = (f"bench/soak.py --seeds {args.seeds} --first-seed {args.first_seed} --programs {args.programs} "
-               f"--lengths {args.lengths} --jobs {args.jobs}")
+               f"--lengths {args.lengths} --jobs {args.jobs}" + (f" --cluster {args.cluster}" if args.cluster else ""))
     print(f"soak: {len(cells)} cells x {args.seeds} seeds x {args.programs:,} programs, "
           f"jobs {args.jobs}, lengths {lengths}, reproducers to {args.out}/", flush=True)
     rows: dict[str, dict[int, tuple[int, int]]] = {}
@@ -78,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         seed = args.first_seed + k
         length = lengths[k % len(lengths)]
         plan = Plan(cells, engine="random", seed=seed, length=length, jobs=args.jobs, runs=args.programs,
-                    out=args.out, minimize_attempts=args.minimize_attempts, command="bench/soak.py")
+                    out=args.out, minimize_attempts=args.minimize_attempts, command="bench/soak.py",
+                    cluster=args.cluster)
         t = time.monotonic()
         summary = run_session(plan)
         for c in summary.cells:
