@@ -1,7 +1,9 @@
 """The ``shootdown`` command line.
 
 Exit status: 0 clean, 1 a violation was found, 2 bad input (a malformed file,
-an unknown name, a strategy file that does not implement the protocol).
+an unknown name, a strategy file that does not implement the protocol), 3 for
+``run --exhaustive`` when no violation was found but the exploration stopped
+before the bound was covered (a partial result, not a proof).
 Errors are one line on stderr, never a traceback.
 """
 
@@ -19,6 +21,8 @@ from . import corpus
 from .commands import COMMANDS
 
 EXIT_OK, EXIT_VIOLATION, EXIT_BAD_INPUT = 0, 1, 2
+#: ``run --exhaustive``: no violation found, but the exploration did not finish
+EXIT_INCOMPLETE = 3
 
 
 class UsageError(Exception):

@@ -177,16 +177,21 @@ class Machine:
             h.emit_attrs(cpu.id, "op_end", {"op": i, "name": op.kind, "result": res})
             yield "op_end"
 
+    @staticmethod
+    def _cpu_runnable(c: Cpu) -> bool:
+        """A CPU can step if it can take a pending IPI (IRQs on) or run its
+        own code (not blocked)."""
+        if c.ipi and not c.irq_off:
+            return True
+        if c.gen is not None:
+            wait = c.wait
+            return wait is None or wait()
+        return False
+
     def _runnable(self) -> list[int]:
         """The agents that can take a step, CPUs in order, then RCU."""
-        r = []
-        for c in self.cpus:
-            if c.ipi and not c.irq_off:
-                r.append(c.id)
-            elif c.gen is not None:
-                wait = c.wait
-                if wait is None or wait():
-                    r.append(c.id)
+        can = self._cpu_runnable
+        r = [c.id for c in self.cpus if can(c)]
         if self.rcu.runnable():
             r.append(RCU)
         return r
@@ -215,6 +220,8 @@ class Machine:
     def _run_phase(self, choices: Choices, phase: str) -> bool:
         """Run until no agent can move.  False if the run must stop (deadlock
         or step limit), which is recorded in the history."""
+        if getattr(choices, "tracer", None) is not None:
+            return self._run_phase_traced(choices, phase)
         cpus = self.cpus
         choices.last_label = lambda a: cpus[a].label if a >= 0 else None
         runnable_agents = self._runnable
@@ -240,6 +247,59 @@ class Machine:
             last = agent
             self.steps = steps = self.steps + 1
             if steps > max_steps:
+                self.h.emit(HW, "step_limit", phase=phase, steps=self.steps,
+                            cpus=tuple((c.id, c.label) for c in cpus if c.gen is not None))
+                self.outcome = "step_limit"
+                return False
+
+    def _run_phase_traced(self, choices: Choices, phase: str) -> bool:
+        """:meth:`_run_phase` for the exhaustive explorer: the same loop, with
+        the footprint of every step and of every agent's enabledness test
+        recorded by ``choices.tracer`` (impls/machine/footprint.py) and handed
+        to ``choices.enabled(...)`` before each decision and to
+        ``choices.stepped(...)`` after each step.  Platform work done at
+        quiescence (no agent runnable) is reported as ``choices.barrier()``:
+        it is dependent with everything."""
+        tr = choices.tracer  # type: ignore[attr-defined]
+        cpus = self.cpus
+        choices.last_label = lambda a: cpus[a].label if a >= 0 else None
+        can = self._cpu_runnable
+        last: int | None = None
+        while True:
+            runnable: list[int] = []
+            en = {}
+            for c in cpus:
+                tr.begin()
+                ok = can(c)
+                en[c.id] = tr.end()
+                if ok:
+                    runnable.append(c.id)
+            tr.begin()
+            ok = self.rcu.runnable()
+            en[RCU] = tr.end()
+            if ok:
+                runnable.append(RCU)
+            if not runnable:
+                stuck = [c for c in cpus if c.gen is not None]
+                if stuck:
+                    self.h.emit(HW, "deadlock", phase=phase,
+                                cpus=tuple((c.id, c.label) for c in stuck))
+                    self.outcome = "deadlock"
+                    return False
+                if self.P.pending is not None and self.P.pending(self):
+                    choices.barrier()  # type: ignore[attr-defined]
+                    self.P.quiesce(self)
+                    continue
+                return True
+            choices.enabled(en)  # type: ignore[attr-defined]
+            agent = choices.pick(runnable, last)
+            tr.begin()
+            self._step(agent, choices)
+            fp = tr.end(agent, cpus[agent].gen if agent >= 0 else None)
+            choices.stepped(agent, fp)  # type: ignore[attr-defined]
+            last = agent
+            self.steps = steps = self.steps + 1
+            if steps > self.max_steps:
                 self.h.emit(HW, "step_limit", phase=phase, steps=self.steps,
                             cpus=tuple((c.id, c.label) for c in cpus if c.gen is not None))
                 self.outcome = "step_limit"
