@@ -42,6 +42,10 @@ matrix: $(STAMP) ## fuzz every strategy x environment cell, compare with corpus/
 EXPLORE_SECONDS ?= 600
 EXPLORE_JOBS ?= 2
 DIR ?= explore-out
+.PHONY: prove
+prove: $(STAMP) ## every corpus verdict explored exhaustively up to 2 preemptions (bench/exhaustive.py)
+	$(BIN)/python bench/exhaustive.py --reduction none
+
 .PHONY: explore
 explore: $(STAMP) ## behaviour-guided exploration for EXPLORE_SECONDS, resumable from DIR; writes DIR/report.md
 	$(BIN)/shootdown explore --budget $(EXPLORE_SECONDS) --jobs $(EXPLORE_JOBS) --dir $(DIR)
@@ -54,10 +58,11 @@ soak: $(STAMP) ## the gate for model/oracle changes: built-ins on their SAFE_ON 
 	$(BIN)/python bench/soak.py --seeds $(SOAK_SEEDS) --programs $(SOAK_PROGRAMS) --jobs $(SOAK_JOBS) $(if $(SOAK_FIRST_SEED),--first-seed $(SOAK_FIRST_SEED))
 
 BENCH_JOBS ?= 2
-bench: $(STAMP) ## print the benchmarks' figures (throughput, engines, detection; ~15 min)
+bench: $(STAMP) ## print the benchmarks' figures (throughput, engines, detection, exhaustive; ~30 min)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/detection.py --jobs $(BENCH_JOBS)
+	$(BIN)/python bench/exhaustive.py --reduction none
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check impls oracle fuzz tests bench

@@ -232,8 +232,9 @@ class _ExploreChoices(Choices):
                 "nondeterminism: the replayed path diverged"
         else:
             left = ex.bound_flips - self.flips_true
-            opts = [False, True] if left > 0 else [False]
-            if left <= 0:
+            allowed = ex.flip_allowed is None or ex.flip_allowed(label)
+            opts = [False, True] if left > 0 and allowed else [False]
+            if left <= 0 and allowed:
                 ex.stats.cut += 1
             node = Node("flip", opts, 0, label=label, pre=ex.bound_pre - self.preemptions,
                         flips_left=left)
@@ -316,8 +317,12 @@ class Explorer:
     def __init__(self, program: Program, strategy: Ops, platform: Ops, preemptions: int = 2,
                  choices: int = 2, reduce: bool = True, max_steps: int = DEFAULT_MAX_STEPS,
                  on_execution: Callable[[Execution], bool] | None = None,
-                 state_file: str | os.PathLike | None = None) -> None:
+                 state_file: str | os.PathLike | None = None,
+                 flip_allowed: Callable[[str], bool] | None = None) -> None:
         self.program = replace(program, schedule=None)
+        #: labels that may be answered true (None: every label); the others
+        #: are always false, as an environment without that fault injection
+        self.flip_allowed = flip_allowed
         self.strategy = strategy
         self.platform = platform
         self.max_pre = preemptions
@@ -486,13 +491,89 @@ def explore(program: Program, strategy: Ops, platform: Ops, preemptions: int = 2
             reduce: bool = True, budget_s: float | None = None, max_executions: int | None = None,
             stop_at_violation: bool = True, on_execution: Callable[[Execution], bool] | None = None,
             state_file: str | os.PathLike | None = None,
-            should_stop: Callable[[], bool] = lambda: False) -> Result:
+            should_stop: Callable[[], bool] = lambda: False,
+            flip_allowed: Callable[[str], bool] | None = None) -> Result:
     """Explore ``program`` on ``strategy``/``platform`` within the bound."""
     return Explorer(program, strategy, platform, preemptions, choices, reduce,
-                    on_execution=on_execution, state_file=state_file).run(
+                    on_execution=on_execution, state_file=state_file,
+                    flip_allowed=flip_allowed).run(
         budget_s, max_executions, stop_at_violation, should_stop)
 
 
 def schedule_program(program: Program, schedule: Schedule) -> Program:
     """The program with an explored execution's schedule: replays it exactly."""
     return replace(program, schedule=schedule)
+
+
+# -- a unit of work for the execution layer (fuzz/execution.py) ---------------------------------
+
+
+@dataclass
+class ExhaustiveResult:
+    """What an :class:`ExhaustiveUnit` returns (plus fuzz.work.Result's fields)."""
+
+    worker: str = ""
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    crash: str | None = None
+    watchdog: dict | None = None
+    error: str | None = None
+    executions: int = 0
+    pruned: int = 0
+    proven: bool = False
+    exhaustive: bool = False
+    completed_bound: int = -1
+    #: the first violating execution: the program with its schedule, and its verdict
+    program: Program | None = None
+    violations: tuple = ()
+    preemptions: int = 0
+    choices: int = 0
+
+
+@dataclass(frozen=True)
+class ExhaustiveUnit:
+    """Explore one program on the cell's first strategy, within the bound and
+    ``budget`` CPU seconds; only the labels in ``flips`` may be answered true."""
+
+    cell: Any                      # fuzz.work.Cell
+    program: Program
+    preemptions: int
+    choices: int
+    budget: float
+    flips: tuple[str, ...] | None = None
+    reduce: bool = False
+    version: str = field(default_factory=lambda: _code_version())
+
+    def blobs(self) -> list[str]:
+        return self.cell.blobs()
+
+    def empty_result(self) -> ExhaustiveResult:
+        return ExhaustiveResult()
+
+    def run(self, blobs: dict[str, Any], should_stop: Callable[[], bool]) -> ExhaustiveResult:
+        import traceback
+
+        from .work import resolve_cell
+        strategies, platform, _env = resolve_cell(self.cell, blobs)
+        out = ExhaustiveResult()
+        allowed = None if self.flips is None else frozenset(self.flips).__contains__
+        try:
+            r = explore(self.program, strategies[0], platform, self.preemptions, self.choices, self.reduce,
+                        budget_s=self.budget, should_stop=should_stop, flip_allowed=allowed)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:
+            out.crash = f"exploring a program:\n{traceback.format_exc()}"
+            return out
+        out.executions, out.pruned = r.stats.executions, r.stats.pruned
+        out.proven, out.exhaustive, out.completed_bound = r.proven, r.exhaustive, r.completed_bound
+        if r.violation is not None:
+            out.program = schedule_program(self.program, r.violation.schedule)
+            out.violations = tuple(r.violation.verdict.violations)
+            out.preemptions, out.choices = r.violation.preemptions, r.violation.choices
+        return out
+
+
+def _code_version() -> str:
+    from .work import code_version
+    return code_version()

@@ -86,6 +86,16 @@ class CellSpec:
     out_dir: str | None = None    # where U reproducers go (None: not written)
     minimize: bool = True
     minimize_attempts: int = DEFAULT_ATTEMPTS  # runs per reproducer
+    #: exhaustive mode (fuzz.exhaustive): explore every execution of the
+    #: cell's corpus programs and of ``ex_programs`` generated programs of
+    #: ``ex_length`` operations on 2 CPUs, within ``ex_preemptions`` and
+    #: ``ex_choices``, each for at most ``ex_budget`` CPU seconds
+    exhaustive: bool = False
+    ex_programs: int = 10
+    ex_length: int = 3
+    ex_preemptions: int = 2
+    ex_choices: int = 1
+    ex_budget: float = 10.0
 
 
 @dataclass
@@ -106,6 +116,12 @@ class Cell:
     reproducer_ops: int = 0
     seeds_replayed: int = 0
     behaviours: dict[str, int] = field(default_factory=dict)
+    #: exhaustive mode: "proven" (every program explored to the bound) or
+    #: "sampled" (some exploration stopped at its budget); "" when fuzzed
+    proof: str = ""
+    proven_programs: int = 0
+    executions: int = 0
+    bound: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -114,6 +130,10 @@ class Cell:
     def short(self) -> str:
         if self.verdict == "U":
             return "U " + ", ".join(self.checks)
+        if self.proof == "proven":
+            return f"S proven {self.programs}p"
+        if self.proof == "sampled":
+            return f"S sampled {self.proven_programs}/{self.programs}p"
         return f"S {self.programs}p PCT {self.pct_guarantee:.0%}"
 
 
@@ -169,6 +189,10 @@ class _MCell:
         self.env, self.platform = environment_of(spec)
         self.cell = make_cell([spec.strategy], spec.platform_file or self.env.platform, self.env.name, self.blobs)
         self.seeds = seed_programs(self.env) if spec.corpus_seeds else []
+        #: exhaustive mode: the programs to explore, in order (corpus, then generated)
+        self.programs: list[tuple[str, Program]] = exhaustive_programs(spec, self.env, self.platform, self.seeds) \
+            if spec.exhaustive else []
+        self.explored: dict[int, Any] = {}    # position -> ExhaustiveResult
         self.next_pos = 0
         self.used = 0.0               # worker-seconds of the units returned
         self.inflight = 0
@@ -186,18 +210,29 @@ class _MCell:
 
     def out_of_budget(self) -> bool:
         s = self.spec
+        if s.exhaustive:
+            return self.next_pos >= len(self.programs) or (self.best is not None and self.next_pos > self.best[0])
         if s.runs is not None and self.next_pos >= s.runs:
             return True
         if self.best is not None and self.next_pos > self.best[0]:
             return True
         return s.budget is not None and self.used >= s.budget
 
-    def next_unit(self, cap: int) -> FuzzUnit | None:
+    def next_unit(self, cap: int) -> Any:
         if self.closed or self.inflight >= cap:
             return None
         if self.out_of_budget() or self.failure:
             self.closed = True
             return None
+        if self.spec.exhaustive:
+            from .exhaustive import ExhaustiveUnit
+            s = self.spec
+            allowed = tuple(sorted(label for label, p in self.env.choice_biases().items() if p > 0))
+            unit = ExhaustiveUnit(self.cell, self.programs[self.next_pos][1], s.ex_preemptions, s.ex_choices,
+                                  s.ex_budget, allowed)
+            self.next_pos += 1
+            self.inflight += 1
+            return unit
         a = self.next_pos
         b = a + self.size
         if self.spec.runs is not None:
@@ -214,11 +249,22 @@ class _MCell:
         return FuzzUnit(self.cell, self.spec.seed, LENGTH, a, b, self.spec.engines, CHUNK, seeds=seeds, seeds_at=a,
                         nseeds=n, first_only=True)
 
-    def absorb(self, unit: FuzzUnit, res: FuzzResult) -> None:
+    def absorb(self, unit: Any, res: Any) -> None:
         self.inflight -= 1
         self.used += res.seconds
         if res.error or res.crash or res.watchdog:
             self.failure = res.error or res.crash or f"watchdog: {res.watchdog}"
+            return
+        if self.spec.exhaustive:
+            pos = next(i for i, (_, p) in enumerate(self.programs) if p is unit.program)
+            self.explored[pos] = res
+            if res.violations and (self.best is None or pos < self.best[0]):
+                v = res.violations[0]
+                how, _ = self.programs[pos]
+                self.best = (pos, Finding(self.strategy.name, res.program, res.violations,
+                                          f"{self.strategy.name}|{v.signature()}", self.spec.seed, self.env.name,
+                                          -1, f"exhaustive ({how}; {res.preemptions} preemption(s), "
+                                              f"{res.choices} choice(s))"))
             return
         self.results.append((unit.start, unit.start + res.done, res))
         if res.done and res.seconds > 0:
@@ -243,6 +289,8 @@ class _MCell:
     def summarise(self) -> Cell:
         spec, env = self.spec, self.env
         cell = Cell(self.strategy.name, spec.env, env.primer, "S", 0, round(self.used, 2))
+        if spec.exhaustive:
+            return self._summarise_exhaustive(cell)
         n = len(self.seeds)
         end = self.best[0] + 1 if self.best is not None else self.covered()
         stats = Stats()
@@ -263,6 +311,28 @@ class _MCell:
             cell.found_by = (finding.engine if finding.iteration < 0
                              else f"{finding.engine} seed {spec.seed} iteration {finding.iteration}")
             cell.reproducer_ops = len(finding.program.ops)
+        return cell
+
+    def _summarise_exhaustive(self, cell: Cell) -> Cell:
+        spec = self.spec
+        end = self.best[0] + 1 if self.best is not None else len(self.programs)
+        done = [self.explored[i] for i in range(end) if i in self.explored]
+        cell.programs = len(done)
+        cell.seeds_replayed = min(end, len(self.seeds))
+        cell.executions = sum(r.executions for r in done)
+        cell.proven_programs = sum(1 for r in done if r.proven)
+        cell.bound = (f"{spec.ex_preemptions} preemption(s), {spec.ex_choices} choice(s); corpus programs of "
+                      f"the environment and {spec.ex_programs} generated programs of {spec.ex_length} ops "
+                      "on 2 CPUs")
+        if self.best is not None:
+            finding = self.best[1]
+            cell.verdict = "U"
+            cell.checks = list(finding.checks)
+            cell.summary = finding.violations[0].summary
+            cell.found_by = finding.engine
+            cell.reproducer_ops = len(finding.program.ops)
+        else:
+            cell.proof = "proven" if cell.proven_programs == len(self.programs) else "sampled"
         return cell
 
     def program(self) -> Program:
@@ -290,6 +360,7 @@ def write_reproducer(m: _MCell, cell: Cell) -> None:
                 f"({before['preemptions']} preemptions).")
     how = (f"shootdown matrix --seed {spec.seed} (env {spec.env}, {finding.engine} engine, "
            f"iteration {finding.iteration})" if finding.iteration >= 0
+           else f"shootdown matrix --exhaustive (env {spec.env}): {finding.engine}" if spec.exhaustive
            else f"shootdown matrix (env {spec.env}): replay of {finding.engine.removeprefix('corpus ')}")
     lit, stem = findings.build_litmus(program, m.strategy, [m.strategy], m.platform, violation, finding.signature,
                                       m.env.name, how, out_dir, note)
@@ -297,6 +368,24 @@ def write_reproducer(m: _MCell, cell: Cell) -> None:
     path = w.path or w.duplicate_of
     cell.reproducer = str(path) if path else None
     cell.reproducer_ops = len(program.ops)
+
+
+def exhaustive_programs(spec: CellSpec, env: Environment, platform: Ops,
+                        seeds: list[tuple[str, Program]]) -> list[tuple[str, Program]]:
+    """The programs ``matrix --exhaustive`` explores in a cell: its corpus
+    programs (without their schedules), then ``spec.ex_programs`` generated
+    programs of ``spec.ex_length`` operations on 2 CPUs and one mm, from the
+    iteration seeds of ``spec.seed``."""
+    from .engine import iteration_seed
+    from .generate import RandomDraw, generate
+
+    out = [(f"corpus {path}", replace(p, schedule=None)) for path, p in seeds]
+    cfg = replace(env.gen_config(spec.ex_length, platform.name if platform.name != env.platform else None),
+                  cpus=(2, 2), mms=(1, 1))
+    for i in range(spec.ex_programs):
+        out.append((f"generated seed {spec.seed} iteration {i}",
+                    generate(RandomDraw(iteration_seed(spec.seed, i)), cfg)))
+    return out
 
 
 class _Matrix:
@@ -551,6 +640,10 @@ def render_markdown(cells: list[Cell], mismatches: list[Mismatch] | None, header
                 row.append("-")
             elif c.verdict == "U":
                 row.append(f"**U** {', '.join(c.checks)}")
+            elif c.proof == "proven":
+                row.append(f"S proven ({c.programs} programs, {c.executions} executions)")
+            elif c.proof == "sampled":
+                row.append(f"S sampled ({c.proven_programs} of {c.programs} programs proven)")
             else:
                 row.append(f"S ({c.programs} programs, PCT {c.pct_guarantee:.0%})")
         out.append(f"| `{e}` | {ENVIRONMENTS[e].primer} | " + " | ".join(row) + " |")

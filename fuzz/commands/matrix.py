@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fuzz import matrix
 from fuzz.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATION, UsageError, resolve_platform, resolve_strategies
-from fuzz.engine import SEEDED_ENGINES
+from fuzz.engine import PCT_DEPTH, SEEDED_ENGINES
 from fuzz.envs import ENVIRONMENTS
 from fuzz.execution import ExecutionError, check_jobs, default_jobs
 from fuzz.minimize import DEFAULT_ATTEMPTS
@@ -63,8 +63,14 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     out_dir = None if args.no_reproducers else args.out
     if args.minimize_attempts <= 0:
         raise UsageError("--minimize-attempts must be positive")
+    if args.exhaustive and (args.programs < 0 or args.length <= 0 or args.preemptions < 0 or args.choices < 0
+                            or not args.program_budget > 0):
+        raise UsageError("--programs, --preemptions and --choices must be >= 0, --length and "
+                         "--program-budget positive")
     specs = [matrix.CellSpec(s, e, platform_file, budget, args.runs, args.seed, engines,
-                             not args.no_corpus_seeds, out_dir, not args.no_minimize, args.minimize_attempts)
+                             not args.no_corpus_seeds, out_dir, not args.no_minimize, args.minimize_attempts,
+                             args.exhaustive, args.programs, args.length, args.preemptions, args.choices,
+                             args.program_budget)
              for s in names for e in envs]
     strategy_names = {s: registry.strategy(s).name for s in names}
     order = matrix.ordered_for_packing(specs, expected, lambda sp: strategy_names[sp.strategy])
@@ -103,6 +109,17 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     header = (f"shootdown matrix: {len(names)} strategies x {len(envs)} environments, "
               f"budget {what} per cell, engines {'+'.join(engines)}, seed {args.seed}"
               + (f", platform {platform_file}" if platform_file else ""))
+    if args.exhaustive:
+        header = (f"shootdown matrix --exhaustive: {len(names)} strategies x {len(envs)} environments; "
+                  f"per cell the corpus programs of the environment and {args.programs} generated "
+                  f"programs of {args.length} ops on 2 CPUs, each explored up to {args.preemptions} "
+                  f"preemption(s) and {args.choices} choice(s) ({args.program_budget:g} CPU s each), "
+                  f"seed {args.seed}.\n'S proven': no violation in any execution of those programs "
+                  "within that bound; 'S sampled': some exploration hit its budget (no proof); "
+                  "larger programs and bounds are not covered")
+    elif "pct" in engines:
+        header += (f"\nS cells are sampled: PCT hits a given depth-{PCT_DEPTH} ordering bug with at least "
+                   "the probability shown, never certainly")
     if args.format == "json":
         meta = {"budget_seconds": budget, "runs": args.runs, "seed": args.seed, "engines": list(engines),
                 "platform_file": platform_file, "expected": args.expected}
@@ -156,4 +173,17 @@ def register(sub) -> None:
     p.add_argument("--no-corpus-seeds", action="store_true",
                    help="do not replay the corpus/ programs that belong to an environment first")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    g = p.add_argument_group("exhaustive mode (fuzz/exhaustive.py)")
+    g.add_argument("--exhaustive", action="store_true",
+                   help="explore every execution of small programs per cell instead of fuzzing: "
+                        "S cells say 'proven' (up to the bound, for those programs) or 'sampled'")
+    g.add_argument("--programs", type=int, default=10, metavar="N",
+                   help="generated programs per cell (default 10), after the cell's corpus programs")
+    g.add_argument("--length", type=int, default=3, metavar="OPS",
+                   help="operations per generated program (default 3)")
+    g.add_argument("--preemptions", type=int, default=2, metavar="K", help="preemption bound (default 2)")
+    g.add_argument("--choices", type=int, default=1, metavar="F",
+                   help="labelled choices answered true per execution (default 1)")
+    g.add_argument("--program-budget", type=float, default=10.0, metavar="SECONDS",
+                   help="CPU seconds per program exploration (default 10)")
     p.set_defaults(func=cmd_matrix)

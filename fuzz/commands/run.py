@@ -16,6 +16,7 @@ from fuzz.cli import (
     resolve_platform,
     resolve_strategies,
 )
+from fuzz.minimize import DEFAULT_ATTEMPTS
 from fuzz.report import lockstep_json, lockstep_text
 from fuzz.run import run_lockstep
 from impls import registry
@@ -72,8 +73,9 @@ def register(sub) -> None:
                    help="checkpoint directory: an exploration stopped by the budget resumes from it")
     g.add_argument("--out", default="corpus/crashes", metavar="DIR",
                    help="where the minimised reproducer of a violation is written (default corpus/crashes)")
-    g.add_argument("--minimize-budget", type=float, default=30.0, metavar="SECONDS",
-                   help="seconds to minimise a violating execution (0: write it as found)")
+    g.add_argument("--minimize-attempts", type=int, default=DEFAULT_ATTEMPTS, metavar="N",
+                   help=f"runs to minimise a violating execution (default {DEFAULT_ATTEMPTS}; 0: write it "
+                        "as found)")
     p.set_defaults(func=cmd_run)
 
 
@@ -121,9 +123,9 @@ def run_exhaustive(args: argparse.Namespace, lit: corpus.Litmus, strategies: lis
             prog = schedule_program(program, r.violation.schedule)
             note = (f"Found by shootdown run --exhaustive (bound {args.preemptions} preemption(s), "
                     f"{args.choices} choice(s)) after {r.stats.executions} executions.")
-            if args.minimize_budget > 0:
+            if args.minimize_attempts > 0:
                 try:
-                    res = minimize(prog, s, platform, v.signature(), args.minimize_budget)
+                    res = minimize(prog, s, platform, v.signature(), None, attempts=args.minimize_attempts)
                     prog, v = res.program, res.violation
                 except ValueError:
                     pass
