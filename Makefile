@@ -25,7 +25,7 @@ test: $(STAMP) ## run the test suite (derandomized, a few minutes at most)
 
 demo: $(STAMP) ## replay every litmus program of corpus/ on the three built-in strategies
 	@for f in $$($(BIN)/python -c "from fuzz import corpus; print(*corpus.litmus_files('corpus'))"); do \
-		$(BIN)/shootdown run -q "$$f"; echo; done; true
+		$(BIN)/shootdown run -q --trust-plugins-under . "$$f"; echo; done; true
 
 FUZZ_SECONDS ?= 240
 STRATEGY ?=

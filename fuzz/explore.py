@@ -82,7 +82,7 @@ from typing import Any
 
 from impls import registry
 from impls.machine.choices import Choices
-from impls.machine.plugin import Ops
+from impls.machine.plugin import Ops, PluginFailure
 from impls.machine.program import Program
 from oracle.behaviours import BEHAVIOURS
 
@@ -488,7 +488,10 @@ class Worker:
             out.stats.programs += 1
             tb = traceback.extract_tb(e.__traceback__)
             where = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
-            out.crashes.append(Crash(i, target.name, data, f"{type(e).__name__} at {where}: {e}",
+            name = type(e).__name__
+            if isinstance(e, PluginFailure):  # a plug-in's code raised: where in the plug-in
+                name, where = e.error, f"{Path(e.path).name}:{e.line}"
+            out.crashes.append(Crash(i, target.name, data, f"{name} at {where}: {e}",
                                      traceback.format_exc(), clock()))
             return
         if trace:

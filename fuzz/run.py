@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from impls.machine.choices import Choices, Replay
 from impls.machine.history import History
 from impls.machine.machine import DEFAULT_MAX_STEPS, Machine
-from impls.machine.plugin import Ops
+from impls.machine.plugin import Ops, blame
 from impls.machine.program import Program
 from oracle import Verdict, Violation, check_history, compare
 
@@ -43,18 +43,26 @@ class Lockstep:
 def run_program(program: Program, strategy: Ops, platform: Ops, choices: Choices | None = None,
                 max_steps: int = DEFAULT_MAX_STEPS) -> Run:
     """The property: run and judge.  Exceptions in the simulator propagate
-    (a crash of the model is a bug to see, never a verdict to hide).  The run
-    is watched (fuzz.watchdog): a hook that loops without yielding raises
-    HookTimeout out of here."""
+    (a crash of the model is a bug to see, never a verdict to hide); one
+    raised, or a sys.exit() called, from a strategy or platform file's code
+    is that file's error (:class:`~impls.machine.plugin.PluginFailure`, with
+    its file and line).  The run is watched (fuzz.watchdog): a hook that loops
+    without yielding raises HookTimeout (a BaseException) out of here."""
     if choices is None:
         choices = Replay(program.schedule)
-    machine = Machine(program, strategy, platform, choices, max_steps)
-    WATCHDOG.arm()
     try:
-        history = machine.run()
-    finally:
-        WATCHDOG.disarm()
-    machine.release()
+        machine = Machine(program, strategy, platform, choices, max_steps)
+        WATCHDOG.arm()
+        try:
+            history = machine.run()
+        finally:
+            WATCHDOG.disarm()
+        machine.release()
+    except (Exception, SystemExit) as e:
+        failure = blame(e, [strategy, platform])
+        if failure is None:
+            raise
+        raise failure from e
     return Run(history, check_history(history))
 
 

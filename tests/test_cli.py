@@ -109,12 +109,12 @@ def test_strategy_file_syntax_error(capsys, tmp_path):
     assert code == 2 and "syntax error" in err and "broken.py:2" in err
 
 
-def test_unreached_until_label_is_warned(capsys, tmp_path):
+def test_unreached_until_label_is_an_error(capsys, tmp_path):
     src = Path(EXAMPLE_A).read_text().replace('until: "gup_fast:pmd_read"', 'until: "gupfast:pmd_read"')
     f = tmp_path / "typo.yaml"
     f.write_text(src)
     code, out, err = run(capsys, "run", str(f), "-q")
-    assert "warning" in err and "'gupfast:pmd_read'" in err and "never reached" in err
+    assert code == 2 and "'gupfast:pmd_read'" in err and "never reached" in err
 
 
 @pytest.mark.parametrize("body, fragment", [

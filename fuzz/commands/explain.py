@@ -14,7 +14,17 @@ import sys
 from pathlib import Path
 
 from fuzz import corpus
-from fuzz.cli import EXIT_OK, EXIT_VIOLATION, UsageError, add_plugin_args, resolve_platform, resolve_strategies
+from fuzz.cli import (
+    EXIT_OK,
+    EXIT_VIOLATION,
+    UsageError,
+    add_plugin_args,
+    add_trust_args,
+    check_until_labels,
+    count,
+    litmus_plugins,
+    resolve_strategies,
+)
 from fuzz.render import Story, html_timeline, text_diagram
 from fuzz.report import expectation
 from fuzz.run import run_program
@@ -22,11 +32,13 @@ from fuzz.run import run_program
 
 def cmd_explain(args: argparse.Namespace) -> int:
     lit = corpus.load(args.file)
+    _, platform = litmus_plugins(lit, args, file_strategies=False)
     strategies = resolve_strategies(args.strategy, args.strategy_file)
-    platform = resolve_platform(args.platform, args.platform_file, lit.program.platform)
+    lit.bind(strategies)
     if args.width < 60:
         raise UsageError(f"--width {args.width}: must be at least 60")
     runs = [run_program(lit.program, s, platform) for s in strategies]
+    check_until_labels(lit, [r.history for r in runs])
     chosen = next((r for r in runs if not r.verdict.ok), runs[0])
     others = ", ".join(f"{r.verdict.strategy} {r.verdict.word}"
                        + (f" {', '.join(r.verdict.checks())}" if r.verdict.checks() else "")
@@ -54,7 +66,8 @@ def register(sub) -> None:
                                    "verdict and its explanation.")
     p.add_argument("file", help="a litmus file (docs/litmus-format.md)")
     add_plugin_args(p)
+    add_trust_args(p)
     p.add_argument("--html", metavar="OUT", help="also write a standalone HTML timeline to OUT")
-    p.add_argument("--width", type=int, default=100, metavar="N",
+    p.add_argument("--width", type=count(), default=100, metavar="N",
                    help="maximum line width of the text diagram (default 100)")
     p.set_defaults(func=cmd_explain)

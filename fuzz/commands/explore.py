@@ -12,7 +12,18 @@ import sys
 from pathlib import Path
 
 from fuzz import explore
-from fuzz.cli import EXIT_OK, EXIT_VIOLATION, UsageError, add_plugin_args, resolve_platform, resolve_strategies
+from fuzz.cli import (
+    EXIT_OK,
+    EXIT_VIOLATION,
+    UsageError,
+    add_plugin_args,
+    count,
+    jobs,
+    resolve_platform,
+    resolve_strategies,
+    seconds,
+    writable_dir,
+)
 from fuzz.envs import ENVIRONMENTS
 from fuzz.execution import default_jobs
 from fuzz.minimize import DEFAULT_ATTEMPTS
@@ -84,6 +95,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         if args.jobs < 0:
             raise UsageError(f"--jobs {args.jobs}: must be at least 1 (0: one per core)")
         jobs = args.jobs or default_jobs()
+        writable_dir(d, "--dir")
         strategies = _strategy_specs(args)
         targets = _target_specs(args)
         budget = args.budget if args.budget is not None else (None if args.runs is not None else DEFAULT_BUDGET)
@@ -139,21 +151,21 @@ def register(sub) -> None:
                         "knobs on each platform given; default: every environment")
     p.add_argument("--engine", choices=explore.ENGINES, default=explore.DEFAULT_ENGINE,
                    help="guided: mutate the corpus (default); random: fresh inputs only, the unguided baseline")
-    p.add_argument("--budget", type=float, metavar="SECONDS",
+    p.add_argument("--budget", type=seconds(zero=True), metavar="SECONDS",
                    help=f"stop after this many seconds (default {DEFAULT_BUDGET:g}, none with --runs)")
-    p.add_argument("--runs", type=int, metavar="N", help="stop after N programs in this session")
-    p.add_argument("--jobs", type=int, default=0, metavar="N",
+    p.add_argument("--runs", type=count(zero=True), metavar="N", help="stop after N programs in this session")
+    p.add_argument("--jobs", type=jobs(zero=True), default=0, metavar="N",
                    help="local worker processes (default 0: one per core); the results depend on it")
     p.add_argument("--cluster", metavar="ADDRESS",
                    help="explore on a Dask distributed cluster, e.g. tcp://host:8786 (default: $SHOOTDOWN_CLUSTER)")
-    p.add_argument("--watchdog", type=float, default=WATCHDOG_SECONDS, metavar="SECONDS",
+    p.add_argument("--watchdog", type=seconds(), default=WATCHDOG_SECONDS, metavar="SECONDS",
                    help=f"CPU seconds one program may take on one strategy (default {WATCHDOG_SECONDS:g})")
     p.add_argument("--dir", default=DEFAULT_DIR, metavar="DIR",
                    help=f"the exploration directory, created or resumed (default {DEFAULT_DIR}/)")
-    p.add_argument("--length", type=int, metavar="N",
+    p.add_argument("--length", type=count(), metavar="N",
                    help=f"operations per generated program (default {explore.DEFAULT_LENGTH}; fixed per DIR)")
     p.add_argument("--seed", type=int, metavar="N", help="the exploration's seed (default 0; fixed per DIR)")
-    p.add_argument("--minimize-attempts", type=int, default=DEFAULT_ATTEMPTS, metavar="N",
+    p.add_argument("--minimize-attempts", type=count(zero=True), default=DEFAULT_ATTEMPTS, metavar="N",
                    help=f"minimisation runs per new finding, at the end of the session (default "
                         f"{DEFAULT_ATTEMPTS}; 0: do not minimise)")
     p.add_argument("--report-only", action="store_true",

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from fuzz.cli import UsageError, resolve_strategies
+from fuzz.cli import UsageError, count, fraction, jobs, resolve_strategies, seconds, writable_dir
 from fuzz.engine import ENGINES
 from fuzz.envs import ENVIRONMENTS, default_environment
 from fuzz.execution import ExecutionError, check_jobs
@@ -32,18 +31,6 @@ from fuzz.session import (
 from fuzz.watchdog import WATCHDOG_SECONDS
 from impls import registry
 from oracle.behaviours import BEHAVIOURS
-
-
-def _positive(kind: type):
-    def parse(s: str):
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-        if not v > 0 or (isinstance(v, float) and not math.isfinite(v)):
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-        return v
-    return parse
 
 
 def _platform_arg(name: str) -> str:
@@ -215,6 +202,8 @@ def plan_from_args(args: argparse.Namespace, cells: list[CellSpec]) -> Plan:
         jobs = check_jobs(args.jobs) if args.jobs else default_jobs()
     except ExecutionError as e:
         raise UsageError(str(e)) from None
+    if not args.no_write:
+        writable_dir(args.out, "--out")
     return Plan(cells, engine=args.engine, seed=args.seed, length=args.length,
                 jobs=jobs, runs=args.runs, budget=args.budget, out=Path(args.out),
                 write=not args.no_write, minimize_attempts=args.minimize_attempts, options=tuple(options),
@@ -298,23 +287,23 @@ summary printed, no worker left behind.
                         "platform's default environment")
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--budget", type=_positive(float), metavar="SECONDS",
+    g.add_argument("--budget", type=seconds(), metavar="SECONDS",
                    help="fuzzing time in total, split evenly over the cells (default 60)")
-    g.add_argument("--runs", type=_positive(int), metavar="N", help="programs per cell, then stop")
+    g.add_argument("--runs", type=count(), metavar="N", help="programs per cell, then stop")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=_positive(int), metavar="N", help="worker processes (default: all cores)")
+    p.add_argument("--jobs", type=jobs(), metavar="N", help="worker processes (default: all cores)")
     p.add_argument("--cluster", metavar="ADDRESS",
                    help="run on a Dask distributed cluster, e.g. tcp://host:8786 (default: $SHOOTDOWN_CLUSTER; "
                         "unset: local worker processes)")
-    p.add_argument("--length", type=_positive(int), default=DEFAULT_LENGTH, metavar="N",
+    p.add_argument("--length", type=count(), default=DEFAULT_LENGTH, metavar="N",
                    help=f"operations generated per program (default {DEFAULT_LENGTH})")
     p.add_argument("--out", default="corpus/crashes", metavar="DIR",
                    help="where reproducers go (default corpus/crashes/)")
     p.add_argument("--no-write", action="store_true", help="report findings, write no file")
-    p.add_argument("--minimize-attempts", type=_positive(int), default=DEFAULT_ATTEMPTS, metavar="N",
+    p.add_argument("--minimize-attempts", type=count(), default=DEFAULT_ATTEMPTS, metavar="N",
                    help=f"minimisation runs per finding (default {DEFAULT_ATTEMPTS}; a bound in runs, not "
                         "seconds, so a slow worker writes the same reproducer)")
-    p.add_argument("--watchdog", type=_positive(float), default=WATCHDOG_SECONDS, metavar="SECONDS",
+    p.add_argument("--watchdog", type=seconds(), default=WATCHDOG_SECONDS, metavar="SECONDS",
                    help=f"CPU seconds one program may take on one strategy before it is stopped and reported "
                         f"(a hook looping without yielding; default {WATCHDOG_SECONDS:g})")
     p.add_argument("--format", choices=("text", "json"), default="text")
@@ -322,13 +311,13 @@ summary printed, no worker left behind.
                    help="how atheris inputs are decoded (default bytes: BytesDraw + a decision tape)")
     p.add_argument("--atheris-coverage", choices=("behaviour", "lines", "both"), default="behaviour",
                    help="what atheris counts as coverage (default behaviour events)")
-    p.add_argument("--swarm", type=float, default=SWARM, metavar="FRACTION",
+    p.add_argument("--swarm", type=fraction, default=SWARM, metavar="FRACTION",
                    help=f"random/pct: the fraction of programs drawn from a random subset of operation kinds "
                         f"(swarm testing; default {SWARM})")
     p.add_argument("--safe-on", action="store_true",
                    help="the `make fuzz` mode: each strategy on the environments it claims in SAFE_ON, "
                         "after a canary check that a planted bug is still found")
-    p.add_argument("--canary-runs", type=_positive(int), default=400, metavar="N",
+    p.add_argument("--canary-runs", type=count(), default=400, metavar="N",
                    help="--safe-on: programs the canary may take to find its planted bug")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_fuzz)

@@ -17,7 +17,18 @@ import sys
 from pathlib import Path
 
 from fuzz import matrix
-from fuzz.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATION, UsageError, resolve_platform, resolve_strategies
+from fuzz.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_VIOLATION,
+    UsageError,
+    count,
+    jobs,
+    resolve_platform,
+    resolve_strategies,
+    seconds,
+    writable_dir,
+)
 from fuzz.engine import PCT_DEPTH, SEEDED_ENGINES
 from fuzz.envs import ENVIRONMENTS
 from fuzz.execution import ExecutionError, check_jobs, default_jobs
@@ -60,7 +71,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             print(f"shootdown: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
     engines = tuple(args.engine) if args.engine else ("random", "pct")
-    out_dir = None if args.no_reproducers else args.out
+    out_dir = None if args.no_reproducers else str(writable_dir(args.out, "--out"))
     if args.minimize_attempts <= 0:
         raise UsageError("--minimize-attempts must be positive")
     if args.exhaustive and (args.programs < 0 or args.length <= 0 or args.preemptions < 0 or args.choices < 0
@@ -148,12 +159,12 @@ def register(sub) -> None:
                    help="run every environment on this platform file instead of its own platform")
     p.add_argument("--env", action="append", metavar="NAME",
                    help=f"restrict to these environments (repeatable; known: {', '.join(ENVIRONMENTS)})")
-    p.add_argument("--budget", type=float, metavar="SECONDS",
+    p.add_argument("--budget", type=seconds(), metavar="SECONDS",
                    help=f"time budget per cell, in worker-seconds (default {DEFAULT_BUDGET:g} s unless --runs "
                         "is given)")
-    p.add_argument("--runs", type=int, metavar="N",
+    p.add_argument("--runs", type=count(), metavar="N",
                    help="program budget per cell (deterministic: the result depends only on --seed)")
-    p.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
+    p.add_argument("--jobs", "-j", type=jobs(zero=True), default=0, metavar="N",
                    help="local worker processes (default 0: one per core)")
     p.add_argument("--cluster", metavar="ADDRESS",
                    help="run on a Dask distributed cluster, e.g. tcp://host:8786 (default: $SHOOTDOWN_CLUSTER)")
@@ -168,7 +179,7 @@ def register(sub) -> None:
                    help=f"where the reproducers of U cells go (default {DEFAULT_OUT}/)")
     p.add_argument("--no-reproducers", action="store_true", help="do not write reproducers")
     p.add_argument("--no-minimize", action="store_true", help="write reproducers as found")
-    p.add_argument("--minimize-attempts", type=int, default=DEFAULT_ATTEMPTS, metavar="N",
+    p.add_argument("--minimize-attempts", type=count(), default=DEFAULT_ATTEMPTS, metavar="N",
                    help=f"runs to minimise each reproducer (fuzz.minimize; default {DEFAULT_ATTEMPTS})")
     p.add_argument("--no-corpus-seeds", action="store_true",
                    help="do not replay the corpus/ programs that belong to an environment first")
@@ -177,13 +188,13 @@ def register(sub) -> None:
     g.add_argument("--exhaustive", action="store_true",
                    help="explore every execution of small programs per cell instead of fuzzing: "
                         "S cells say 'proven' (up to the bound, for those programs) or 'sampled'")
-    g.add_argument("--programs", type=int, default=10, metavar="N",
+    g.add_argument("--programs", type=count(zero=True), default=10, metavar="N",
                    help="generated programs per cell (default 10), after the cell's corpus programs")
-    g.add_argument("--length", type=int, default=3, metavar="OPS",
+    g.add_argument("--length", type=count(), default=3, metavar="OPS",
                    help="operations per generated program (default 3)")
-    g.add_argument("--preemptions", type=int, default=2, metavar="K", help="preemption bound (default 2)")
-    g.add_argument("--choices", type=int, default=1, metavar="F",
+    g.add_argument("--preemptions", type=count(zero=True), default=2, metavar="K", help="preemption bound (default 2)")
+    g.add_argument("--choices", type=count(zero=True), default=1, metavar="F",
                    help="labelled choices answered true per execution (default 1)")
-    g.add_argument("--program-budget", type=float, default=10.0, metavar="SECONDS",
+    g.add_argument("--program-budget", type=seconds(), default=10.0, metavar="SECONDS",
                    help="CPU seconds per program exploration (default 10)")
     p.set_defaults(func=cmd_matrix)

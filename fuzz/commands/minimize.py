@@ -10,19 +10,26 @@ from pathlib import Path
 
 from fuzz import corpus
 from fuzz import findings as findings_mod
-from fuzz.cli import EXIT_OK, UsageError, add_plugin_args, resolve_platform, resolve_strategies
+from fuzz.cli import (
+    EXIT_OK,
+    UsageError,
+    add_plugin_args,
+    add_trust_args,
+    litmus_plugins,
+    resolve_strategies,
+    seconds,
+    writable_dir,
+)
 from fuzz.envs import ENVIRONMENTS, default_environment
 from fuzz.minimize import minimize, size_of
 from fuzz.run import run_lockstep
 from impls import registry
 
 
-def _lockstep_strategies(args: argparse.Namespace, lit: corpus.Litmus) -> list:
+def _lockstep_strategies(args: argparse.Namespace, lit: corpus.Litmus, files: list[str]) -> list:
     if args.strategy or args.strategy_file:
         return resolve_strategies(args.strategy, args.strategy_file)
-    keys = [corpus.resolve_expect_key(lit, k) for k in lit.expect]
-    names = [k for k in keys if k in registry.STRATEGY_MODULES]
-    files = [k for k in keys if k.endswith(".py")]
+    names = [k for k in lit.expect if k in registry.STRATEGY_MODULES]
     return resolve_strategies(names, files) if names or files else resolve_strategies(None, None)
 
 
@@ -38,8 +45,17 @@ def _env_name(program) -> str:
 
 def cmd_minimize(args: argparse.Namespace) -> int:
     lit = corpus.load(args.file)
-    strategies = _lockstep_strategies(args, lit)
-    platform = resolve_platform(args.platform, args.platform_file, lit.program.platform)
+    if args.out:  # checked before minimising, not after
+        if args.out.endswith(".yaml"):
+            if Path(args.out).is_dir():
+                raise UsageError(f"--out {args.out}: a directory, not a .yaml file")
+            writable_dir(Path(args.out).parent, "--out", args.out)
+        else:
+            writable_dir(args.out, "--out")
+    explicit = bool(args.strategy or args.strategy_file)
+    files, platform = litmus_plugins(lit, args, file_strategies=not explicit)
+    strategies = _lockstep_strategies(args, lit, files)
+    lit.bind(strategies)
     res = run_lockstep(lit.program, strategies, platform)
     candidates = [(s, v) for s, r in zip(strategies, res.runs, strict=True) for v in r.verdict.violations]
     target = next(((s, v) for s, v in candidates if f"{s.name}|{v.signature()}" == lit.signature),
@@ -92,8 +108,9 @@ def register(sub) -> None:
                                    "the same violation (same check and signature) when the file is replayed.")
     p.add_argument("file", help="a litmus file that fails on some strategy")
     add_plugin_args(p)
+    add_trust_args(p)
     p.add_argument("--out", metavar="PATH",
                    help="a .yaml file to write, or a directory (named like `shootdown fuzz` names findings, "
                         "skipped if a file there has the same signature); default: print to stdout")
-    p.add_argument("--budget", type=float, default=60.0, metavar="SECONDS", help="time limit (default 60)")
+    p.add_argument("--budget", type=seconds(), default=60.0, metavar="SECONDS", help="time limit (default 60)")
     p.set_defaults(func=cmd_minimize)

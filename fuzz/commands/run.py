@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from fuzz import corpus
 from fuzz.cli import (
@@ -13,8 +12,13 @@ from fuzz.cli import (
     EXIT_VIOLATION,
     UsageError,
     add_plugin_args,
-    resolve_platform,
+    add_trust_args,
+    check_until_labels,
+    count,
+    litmus_plugins,
     resolve_strategies,
+    seconds,
+    writable_dir,
 )
 from fuzz.minimize import DEFAULT_ATTEMPTS
 from fuzz.report import lockstep_json, lockstep_text
@@ -24,24 +28,17 @@ from impls import registry
 
 def cmd_run(args: argparse.Namespace) -> int:
     lit = corpus.load(args.file)
-    files = args.strategy_file
-    if not args.strategy and not args.strategy_file and lit.strategy_files():
-        # the built-ins, plus the strategy files the file's expect: header names
-        args.strategy = list(registry.STRATEGIES)
-        files = lit.strategy_files()
-    strategies = resolve_strategies(args.strategy, files)
-    platform = resolve_platform(args.platform, args.platform_file, lit.program.platform)
+    names, files = args.strategy, args.strategy_file
+    # without --strategy*: the built-ins, plus the strategy files the expect: header names (with consent)
+    named, platform = litmus_plugins(lit, args, file_strategies=not names and not files)
+    if not names and not files and named:
+        names, files = list(registry.STRATEGIES), named
+    strategies = resolve_strategies(names, files)
+    lit.bind(strategies)
     if args.exhaustive:
         return run_exhaustive(args, lit, strategies, platform)
     res = run_lockstep(lit.program, strategies, platform)
-    warned: set[tuple] = set()
-    for r in res.runs:
-        for i, agent, label in r.history.meta.get("unreached_labels", ()):
-            if (i, label) not in warned:
-                warned.add((i, label))
-                print(f"shootdown: warning: {args.file}: schedule entry {i} waits for CPU{agent} to reach "
-                      f"{label!r}, which it never reached on {r.verdict.strategy} (a typo? see "
-                      "docs/litmus-format.md for the labels)", file=sys.stderr)
+    check_until_labels(lit, [r.history for r in res.runs])
     if args.format == "json":
         print(json.dumps(lockstep_json(res, lit), indent=2))
     else:
@@ -55,25 +52,26 @@ def register(sub) -> None:
                                    "(default: the three built-ins) and print the verdict per strategy.")
     p.add_argument("file", help="a litmus file (docs/litmus-format.md)")
     add_plugin_args(p)
+    add_trust_args(p)
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("-q", "--quiet", action="store_true", help="verdict lines only")
     g = p.add_argument_group("exhaustive mode (every schedule and choice up to a bound)")
     g.add_argument("--exhaustive", action="store_true",
                    help="explore every execution within the bound instead of replaying the file's schedule")
-    g.add_argument("--preemptions", type=int, default=2, metavar="K",
+    g.add_argument("--preemptions", type=count(zero=True), default=2, metavar="K",
                    help="at most K preemptions per execution (default 2)")
-    g.add_argument("--choices", type=int, default=2, metavar="F",
+    g.add_argument("--choices", type=count(zero=True), default=2, metavar="F",
                    help="at most F labelled choices answered true per execution (default 2)")
     g.add_argument("--reduction", choices=("none", "sleep"), default="none",
                    help="partial-order reduction: none (default; fastest at small bounds) or sleep sets")
-    g.add_argument("--budget", type=float, default=60.0, metavar="SECONDS",
+    g.add_argument("--budget", type=seconds(), default=60.0, metavar="SECONDS",
                    help="CPU seconds per strategy (default 60); a stopped exploration is a partial "
                         "result, never an S")
     g.add_argument("--state", metavar="DIR",
                    help="checkpoint directory: an exploration stopped by the budget resumes from it")
     g.add_argument("--out", default="corpus/crashes", metavar="DIR",
                    help="where the minimised reproducer of a violation is written (default corpus/crashes)")
-    g.add_argument("--minimize-attempts", type=int, default=DEFAULT_ATTEMPTS, metavar="N",
+    g.add_argument("--minimize-attempts", type=count(zero=True), default=DEFAULT_ATTEMPTS, metavar="N",
                    help=f"runs to minimise a violating execution (default {DEFAULT_ATTEMPTS}; 0: write it "
                         "as found)")
     p.set_defaults(func=cmd_run)
@@ -91,7 +89,7 @@ def run_exhaustive(args: argparse.Namespace, lit: corpus.Litmus, strategies: lis
     if args.preemptions < 0 or args.choices < 0:
         raise UsageError("--preemptions and --choices must be >= 0")
     program = lit.program
-    out_dir = Path(args.out)
+    out_dir = writable_dir(args.out, "--out")  # before exploring, not after
     head = lit.path if lit.path else "program"
     if lit.title:
         head += f": {lit.title}"

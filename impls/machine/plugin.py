@@ -24,6 +24,50 @@ class PluginError(Exception):
     """A strategy or platform file that does not implement its protocol."""
 
 
+class PluginFailure(PluginError):
+    """A hook of a strategy or platform file raised (or called sys.exit())
+    while the machine ran it: that file's error, with its file and line."""
+
+    def __init__(self, message: str, path: str = "", line: int = 0, error: str = "") -> None:
+        super().__init__(message)
+        self.path = path      # the plug-in file
+        self.line = line      # its innermost line on the stack
+        self.error = error    # the exception's type name, or "SystemExit"
+
+
+#: source file of every module loaded by path -> (kind, path as given)
+_FILES: dict[str, tuple[str, str]] = {}
+
+
+def blame(exc: BaseException, plugins: list[Ops]) -> PluginFailure | None:
+    """If ``exc`` was raised with code of a plug-in file on the stack (the
+    hook itself, or code it called), a :class:`PluginFailure` naming the
+    innermost line of that file and the hook the machine called; otherwise
+    None (a crash of the simulator itself, to be shown as such)."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append((tb.tb_frame.f_code, tb.tb_lineno))
+        tb = tb.tb_next
+    mine = [(code, line) for code, line in frames if code.co_filename in _FILES]
+    if not mine:
+        return None
+    code, line = mine[-1]
+    kind, path = _FILES[code.co_filename]
+    ops = next((o for o in plugins if o.kind == kind and str(Path(o.source).resolve()) == code.co_filename), None)
+    who = f"{kind} {ops.name!r}" if ops is not None else kind
+    hook = mine[0][0].co_name
+    if isinstance(exc, SystemExit):
+        what = f"called sys.exit({exc.code!r})"
+    else:
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        what = f"raised {type(exc).__name__}" + (f": {text}" if text else "")
+    inner_code, inner_line = frames[-1]
+    where = "" if inner_code.co_filename == code.co_filename else \
+        f" (in {inner_code.co_filename}:{inner_line}, {inner_code.co_name}())"
+    return PluginFailure(f"{path}:{line}: {who}: {hook}() {what}{where}", path, line, type(exc).__name__)
+
+
 class Hook:
     __slots__ = ("name", "required", "generator", "default", "doc")
 
@@ -117,15 +161,19 @@ def load_module_file(path: str | Path, kind: str) -> ModuleType:
         rec.append(p.resolve())
     digest = hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]
     modname = f"_shootdown_{kind}_{p.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(modname, p)
+    spec = importlib.util.spec_from_file_location(modname, p.resolve())
     if spec is None or spec.loader is None:
         raise PluginError(f"{path}: cannot load as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
+    _FILES[str(p.resolve())] = (kind, str(path))
     try:
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise PluginError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
-    except Exception as e:  # a user file failing at import: report, don't trace
-        raise PluginError(f"{path}: importing the {kind} failed: {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # a user file failing at import: report, don't trace or exit
+        failure = blame(e, [])
+        where = failure.args[0].split(": ", 1)[0] if failure is not None else str(path)
+        what = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
+        raise PluginError(f"{where}: importing the {kind} failed: {what}") from None
     return module
