@@ -12,6 +12,7 @@ Strategies name the environments they claim to be safe on in ``SAFE_ON``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from impls.machine.choices import DEFAULT_BIASES
 
@@ -48,6 +49,37 @@ class Environment:
     def on_platform(self, platform: str) -> Environment:
         """The same knobs on another platform (a user's platform file)."""
         return replace(self, platform=platform)
+
+    def impossible_behaviours(self, platform: Any) -> dict[str, str]:
+        """The behaviour events (oracle.behaviours) no program can show in
+        this environment on ``platform`` (an Ops), with the reason; a summary
+        must not list them as "not reached".  Only claims that follow from
+        the knobs or from a built-in platform's code; a platform file is
+        judged by the hooks it defines, and otherwise given the benefit of
+        the doubt."""
+        out: dict[str, str] = {}
+        name = getattr(platform, "name", self.platform)
+        builtin = not str(getattr(platform, "source", "")).endswith(".py")
+        if getattr(platform, "broadcast_tlb_flush", None) is None:
+            out["broadcast-flush"] = f"{name} has no broadcast flush (INVLPGB + TLBSYNC)"
+        if builtin and name != "xen-pv" or getattr(platform, "enter_lazy_mmu", True) is None:
+            out["xen-mc-deferred"] = f"{name} has no Xen multicalls"
+        if builtin and name in ("xen-pv", "broadcast"):
+            # xen_flush_tlb_multi() / INVLPGB: remote CPUs never run flush_tlb_func(),
+            # whose lazy-TLB branch (switch to init_mm) is what this behaviour counts
+            out["lazy-cpu-table-flush"] = f"{name}'s flush does not run flush_tlb_func() on other CPUs"
+        if not self.lazy_tlb:
+            # no kernel-thread switch and no exit is generated (fuzz.generate.op_weights)
+            out["lazy-cpu-table-flush"] = "no lazy-TLB CPUs in this environment"
+            out["speculative-walk-lazy"] = "no lazy-TLB CPUs in this environment"
+            out["mm-freed"] = "no exit is generated in this environment"
+        if self.pt_reclaim == "off":
+            out["pt-reclaim-freed-table"] = "PT_RECLAIM is off"
+        if not self.kvm:
+            out["kvm-fault-retried"] = "no KVM guest"
+        if self.choice_biases().get("alloc_fails:mmu_table_batch", 0.0) <= 0.0:
+            out["table-batch-alloc-failed"] = "table-batch allocations never fail here"
+        return out
 
 
 _NO_RCU_WALKERS = {"pte_walk": 0.0}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import textwrap
 from typing import Any
 
@@ -20,12 +23,35 @@ def event_line(e: Event) -> str:
     return e.brief()
 
 
-def violation_text(v: Violation, indent: str = "      ", width: int = 100) -> list[str]:
+#: prose (the ``why:`` paragraphs) is wrapped at this width at most
+PROSE_WIDTH = 100
+
+
+def output_width() -> int | None:
+    """The width to fit witness lines to: ``COLUMNS`` if set, else the
+    terminal's; None (never cut) when stdout is not a terminal, so that logs
+    and pipes keep every field."""
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def fit(line: str, width: int | None) -> str:
+    """``line`` cut to ``width`` columns with a visible ``...``."""
+    if width is None or len(line) <= width:
+        return line
+    return line[:max(0, width - 3)] + "..."
+
+
+def violation_text(v: Violation, indent: str = "      ", width: int | None = None) -> list[str]:
     out = [f"{indent}{v.verdict_word}: {v.summary}"]
     for e in v.witness:
-        out.append(f"{indent}  {event_line(e)[:width - len(indent) - 2]}")
-    out += textwrap.wrap(v.explanation, width=width, initial_indent=indent + "why: ",
-                         subsequent_indent=indent + "     ")
+        out.append(fit(f"{indent}  {event_line(e)}", width))
+    out += textwrap.wrap(v.explanation, width=min(width or PROSE_WIDTH, PROSE_WIDTH),
+                         initial_indent=indent + "why: ", subsequent_indent=indent + "     ")
     return out
 
 
@@ -41,7 +67,9 @@ def expectation(lit: Litmus | None, v: Verdict) -> str:
     return f"  (EXPECTED {'S' if not exp else 'U ' + ', '.join(exp)})"
 
 
-def lockstep_text(res: Lockstep, lit: Litmus | None = None, verbose: bool = True) -> str:
+def lockstep_text(res: Lockstep, lit: Litmus | None = None, verbose: bool = True,
+                  width: int | None = None) -> str:
+    """The verdicts; witness event lines cut (with ``...``) to ``width`` if given."""
     p = res.program
     out = []
     head = lit.path if lit and lit.path else "program"
@@ -52,14 +80,14 @@ def lockstep_text(res: Lockstep, lit: Litmus | None = None, verbose: bool = True
                + (f", pt_reclaim={p.env.pt_reclaim}" if p.env.pt_reclaim != "off" else "")
                + (", kvm" if p.env.kvm else "") + (", iommu" if p.env.iommu else ""))
     out.append("")
-    width = max((len(r.verdict.strategy) for r in res.runs), default=8)
+    name_width = max((len(r.verdict.strategy) for r in res.runs), default=8)
     for r in res.runs:
         v = r.verdict
         checks = ", ".join(v.checks())
-        out.append(f"  {v.strategy:<{width}}  {v.word}  {checks}{expectation(lit, v)}")
+        out.append(f"  {v.strategy:<{name_width}}  {v.word}  {checks}{expectation(lit, v)}")
         if verbose:
             for x in v.violations:
-                out += violation_text(x)
+                out += violation_text(x, width=width)
     if res.divergences:
         out.append("")
         out.append("  divergence:")

@@ -95,7 +95,8 @@ class KernelBugCheck(Check):
         self.report("kernel-bug", what, what, [sh.last_op.get(ev.cpu), ev])
 
     def liveness(self, ev: Event, sh: Shadow) -> None:
-        where = ", ".join(f"CPU{c} at {label}" for c, label in ev.a["cpus"])
-        self.report("liveness", ev.kind,
-                    f"{'deadlock' if ev.kind == 'deadlock' else 'step limit'} in the "
-                    f"{ev.a['phase']} phase: {where}", [ev])
+        # a label is what the CPU's code yielded; None is a bare `yield` (a plug-in's, usually)
+        where = ", ".join(f"CPU{c} at {label}" if label is not None else f"CPU{c} at a bare `yield` (no label)"
+                          for c, label in ev.a["cpus"])
+        what = "deadlock" if ev.kind == "deadlock" else f"step limit ({ev.a['steps'] - 1:,} steps)"
+        self.report("liveness", ev.kind, f"{what} in the {ev.a['phase']} phase: {where or 'no CPU'}", [ev])

@@ -65,11 +65,21 @@ def build_cells(strategies: list, platforms: list[str] | None, envs: list[str] |
     return cells
 
 
+def behaviour_view(c) -> tuple[list[str], list[str], dict[str, str]]:
+    """A cell's behaviour events: reached, possible but not reached, and
+    impossible in its environment on its platform (with why)."""
+    _, platform, env = c.spec.resolve()
+    impossible = env.impossible_behaviours(platform)
+    reached = sorted(set(c.stats.behaviours) & set(BEHAVIOURS))
+    missing = sorted(set(BEHAVIOURS) - set(reached) - set(impossible))
+    return reached, missing, {k: v for k, v in sorted(impossible.items()) if k not in reached}
+
+
 def summary_json(s: Summary) -> dict[str, Any]:
     cells = []
     for c in s.cells:
         st = c.stats
-        reached = sorted(set(st.behaviours) & set(BEHAVIOURS))
+        reached, missing, impossible = behaviour_view(c)
         cells.append({
             "cell": c.label, "strategies": list(c.spec.strategies), "platform": c.spec.platform,
             "env": c.spec.env, "seconds": round(c.seconds, 3), "programs": st.programs,
@@ -77,7 +87,8 @@ def summary_json(s: Summary) -> dict[str, Any]:
             "steps": st.steps, "violating_programs": st.violating,
             "behaviours": dict(sorted(st.behaviours.items())),
             "behaviours_reached": len(reached), "behaviours_total": len(BEHAVIOURS),
-            "behaviours_missing": sorted(set(BEHAVIOURS) - set(reached)),
+            "behaviours_possible": len(BEHAVIOURS) - len(impossible),
+            "behaviours_missing": missing, "behaviours_impossible": impossible,
             "feedback_keys": len(st.keys),
             "findings": [_finding_json(f) for f in c.findings],
             "crashes": c.crashes,
@@ -123,12 +134,12 @@ def summary_text(s: Summary) -> str:
     for c in s.cells:
         st = c.stats
         rate = c.rate
-        reached = set(st.behaviours) & set(BEHAVIOURS)
+        reached, missing, impossible = behaviour_view(c)
         out.append(f"  {c.label}: {st.programs:,} programs in {c.seconds:.1f} s ({rate:.1f}/s), "
-                   f"behaviours {len(reached)}/{len(BEHAVIOURS)}, feedback keys {len(st.keys)}")
+                   f"behaviours {len(reached)}/{len(BEHAVIOURS) - len(impossible)} possible here, "
+                   f"feedback keys {len(st.keys)}")
         if c.covered and c.covered != [[0, st.programs]] or s.interrupted or c.stats.programs == 0:
             out.append(f"      {_covered_text(c.covered, s.engine, s.seed)}")
-        missing = sorted(set(BEHAVIOURS) - reached)
         if missing and st.programs:
             out.append(f"      not reached: {', '.join(missing)}")
         if c.pct:

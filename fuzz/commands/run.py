@@ -21,7 +21,7 @@ from fuzz.cli import (
     writable_dir,
 )
 from fuzz.minimize import DEFAULT_ATTEMPTS
-from fuzz.report import lockstep_json, lockstep_text
+from fuzz.report import lockstep_json, lockstep_text, output_width
 from fuzz.run import run_lockstep
 from impls import registry
 
@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(lockstep_json(res, lit), indent=2))
     else:
-        print(lockstep_text(res, lit, verbose=not args.quiet))
+        print(lockstep_text(res, lit, verbose=not args.quiet, width=output_width()))
     return EXIT_OK if res.ok else EXIT_VIOLATION
 
 

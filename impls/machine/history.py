@@ -32,8 +32,12 @@ class Event(NamedTuple):
 
     def brief(self) -> str:
         who = {-1: "rcu", -2: "hw", -3: "iommu"}.get(self.cpu, f"cpu{self.cpu}")
-        args = " ".join(f"{k}={_fmt(v)}" for k, v in self.a.items())
+        args = " ".join(f"{k}={v}" if k in COUNTS else f"{k}={_fmt(v)}" for k, v in self.a.items())
         return f"#{self.seq} {who} {self.kind} {args}".rstrip()
+
+
+#: attributes that count things: always decimal (others >= 0x1000 are addresses or values: hex)
+COUNTS = frozenset({"steps", "gen", "idx", "op", "id", "live", "nr", "level", "state"})
 
 
 def _fmt(v: Any) -> str:
