@@ -11,13 +11,21 @@ what counts is when it took effect there, so a Xen flush still sitting in a
 lazy multicall queue, or an INVLPGB that has not landed, pays nothing.  A
 free with a debt outstanding is a violation; so is freeing a table that is
 still linked into the tree.
+
+Debts accumulate until the free: a table unhooked by several mms (a shared
+hugetlb PMD table: every sharer but the last unshares it, the last frees
+it), a table unhooked and linked again elsewhere (``mremap()``'s
+``move_normal_pmd()``), a page whose PTEs in several mms were cleared (a
+page-cache page), each unhook adds the CPUs that then ran the mm it was
+unhooked from, at the address it had there.  The CPUs that must have
+invalidated before the free are the union.
 """
 
 from __future__ import annotations
 
 from impls.machine.history import Event
 from impls.machine.page_alloc import TABLE
-from impls.machine.pgtable import PAGE_SHIFT, TABLE_SPAN, entry_pfn, is_table_entry
+from impls.machine.pgtable import LEVEL_SHIFT, PAGE_SHIFT, TABLE_SPAN, entry_pfn, is_table_entry
 
 from .base import Check, Handler
 from .shadow import Shadow
@@ -49,8 +57,9 @@ def _hits(start: int, end: int, stride: int, lo: int, hi: int) -> bool:
 class OrderingCheck(Check):
     def __init__(self, strategy: str) -> None:
         super().__init__(strategy)
-        self.debts: dict[tuple[int, int], _Debt] = {}
-        self.linked: dict[tuple[int, int], Event] = {}
+        self.debts: dict[tuple[int, int], list[_Debt]] = {}
+        #: table -> {(parent pfn, index): the write that linked it there}
+        self.linked: dict[tuple[int, int], dict[tuple[int, int], Event]] = {}
 
     def handlers(self) -> dict[str, Handler]:
         return {"entry_write": self.write, "tlb_inv": self.inv, "tlb_inv_all": self.inv_all,
@@ -67,23 +76,33 @@ class OrderingCheck(Check):
         if sh.state.get(pfn) != TABLE or a["gen"] != sh.gen.get(pfn):
             return
         level = sh.level.get(pfn, 1)
-        mm = sh.mm_of.get(pfn, -1)
-        if new and level > 1 and is_table_entry(new):
+        idx = a["idx"]
+        if new and level > 1 and is_table_entry(new) and new != old:
             child = entry_pfn(new)
-            self.linked[(child, sh.gen.get(child, 0))] = ev
+            self.linked.setdefault((child, sh.gen.get(child, 0)), {})[(pfn, idx)] = ev
         if not old or old == new:
             return
         child = entry_pfn(old)
         key = (child, sh.gen.get(child, 0))
+        debts = self.debts.setdefault(key, [])
         if level > 1:
-            self.linked.pop(key, None)
-            lo = sh.va_of.get(pfn, 0) | (a["idx"] << {2: 21, 3: 30, 4: 39}[level])
-            hi = lo + TABLE_SPAN[level - 1]
-            self.debts[key] = _Debt(ev, self._cpus_on(sh, mm, True), lo, hi, True, mm)
+            links = self.linked.get(key)
+            if links is not None:
+                links.pop((pfn, idx), None)
+            shift = LEVEL_SHIFT[level]
+            for mm, base in sh.placements(pfn):
+                lo = base | (idx << shift)
+                debts.append(_Debt(ev, self._cpus_on(sh, mm, True), lo, lo + TABLE_SPAN[level - 1],
+                                   True, mm))
         else:
-            lo = sh.va_of.get(pfn, 0) | (a["idx"] << PAGE_SHIFT)
-            self.debts[key] = _Debt(ev, self._cpus_on(sh, mm, False), lo, lo + (1 << PAGE_SHIFT),
-                                    False, mm)
+            for mm, base in sh.placements(pfn):
+                lo = base | (idx << PAGE_SHIFT)
+                debts.append(_Debt(ev, self._cpus_on(sh, mm, False), lo, lo + (1 << PAGE_SHIFT),
+                                   False, mm))
+
+    def _all(self):
+        for ds in self.debts.values():
+            yield from ds
 
     def inv(self, ev: Event, sh: Shadow) -> None:
         if ev.cpu < 0:
@@ -91,41 +110,52 @@ class OrderingCheck(Check):
         a = ev.a
         start, end, stride = a["start"], a["end"], 1 << a.get("stride", PAGE_SHIFT)
         psc = a.get("psc", True)
-        for d in self.debts.values():
-            if ev.cpu in d.need and (psc or not d.table) and _hits(start, end, stride, d.lo, d.hi):
-                d.need.discard(ev.cpu)
+        cpu = ev.cpu
+        for d in self._all():
+            if cpu in d.need and (psc or not d.table) and _hits(start, end, stride, d.lo, d.hi):
+                d.need.discard(cpu)
 
     def inv_all(self, ev: Event, sh: Shadow) -> None:
-        for d in self.debts.values():
+        for d in self._all():
             d.need.discard(ev.cpu)
 
     def inv_leaf_all(self, ev: Event, sh: Shadow) -> None:
-        for d in self.debts.values():
+        for d in self._all():
             if not d.table:
                 d.need.discard(ev.cpu)
 
     def switch(self, ev: Event, sh: Shadow) -> None:
         if ev.a["lazy"]:  # a lazy CPU owes no leaf invalidation (tlb_gen catch-up)
-            for d in self.debts.values():
+            for d in self._all():
                 if not d.table:
                     d.need.discard(ev.cpu)
 
     def free(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
         key = (a["pfn"], a["gen"])
-        link = self.linked.pop(key, None)
-        if link is not None and a["state"] == TABLE:
+        links = self.linked.pop(key, None)
+        if links and a["state"] == TABLE:
+            link = links[min(links)]
             self.report("ordering", ("linked",) + key,
                         f"table pfn {a['pfn']:#x} freed while still linked into the page tables",
                         [link, ev], pfn=a["pfn"])
-        d = self.debts.pop(key, None)
-        if d is None or not d.need:
+        debts = self.debts.pop(key, None)
+        if not debts:
             return
+        owed = [d for d in debts if d.need]
+        if not owed:
+            return
+        d = owed[0]
+        need = sorted({c for x in owed for c in x.need})
         what = "table" if d.table else "page"
-        cpus = ", ".join(f"CPU{c}" for c in sorted(d.need))
-        lazy = [c for c in d.need if sh.lazy.get(c)]
+        cpus = ", ".join(f"CPU{c}" for c in need)
+        lazy = [c for c in need if sh.lazy.get(c)]
         note = f" ({', '.join(f'CPU{c}' for c in sorted(lazy))} lazy)" if lazy else ""
+        if len(owed) == 1 and len({x.mm for x in debts}) == 1:
+            where = f"va {d.lo:#x}"
+        else:
+            where = ", ".join(dict.fromkeys(f"mm{x.mm} va {x.lo:#x}" for x in owed))
         self.report("ordering", key,
-                    f"{what} pfn {a['pfn']:#x} (va {d.lo:#x}) freed before {cpus}{note} "
+                    f"{what} pfn {a['pfn']:#x} ({where}) freed before {cpus}{note} "
                     "invalidated it after the unhook",
-                    [d.event, ev], pfn=a["pfn"], cpus=tuple(sorted(d.need)))
+                    [x.event for x in owed] + [ev], pfn=a["pfn"], cpus=tuple(need))

@@ -9,6 +9,14 @@ frame still alive and every cache entry that still refers to it.
 It deliberately re-implements the few hardware rules it needs (what an
 invalidation drops) instead of trusting the machine's caches: a disagreement
 between the two shows up as an accounting violation at quiescence.
+
+A table may have several owners: a hugetlb PMD table shared between mms
+(``huge_pmd_share()``) is linked from a PUD entry of each, maybe at a
+different virtual address in each, and a table that ``mremap()`` moved is
+linked where it now is.  The shadow keeps every link (parent table and index)
+of every table, and :meth:`Shadow.placements` answers "which mms reach this
+table, and at which address": the union over its links, from each parent's
+own placements.  The checks ask it instead of the allocating mm.
 """
 
 from __future__ import annotations
@@ -52,6 +60,9 @@ class Shadow:
         self.fills: dict[tuple[int, int, int], Event] = {}   # (agent, pfn, gen) -> last fill
         self.last_op: dict[int, Event] = {}
         self.boot: Event | None = None
+        #: table pfn -> {(parent table pfn, index)}: the entries that point to it now
+        self.links: dict[int, set[tuple[int, int]]] = {}
+        self._placements: dict[int, tuple[tuple[int, int], ...]] = {}
 
     def updaters(self) -> dict:
         """Event kind -> bound update method; each takes the event (and, to
@@ -104,6 +115,33 @@ class Shadow:
                 return child, self.gen.get(child, 0)
         return None
 
+    def placements(self, pfn: int) -> tuple[tuple[int, int], ...]:
+        """The (mm, base VA) pairs under which table ``pfn`` is reachable: a
+        pgd is its mm's at 0; a linked table is reachable wherever a table
+        linking it is, at that table's base plus the index's span; a table
+        linked nowhere (not yet, or no longer) counts as its allocating mm's,
+        at the address it was allocated for."""
+        got = self._placements.get(pfn)
+        if got is not None:
+            return got
+        links = self.links.get(pfn)
+        if self.level.get(pfn) == 4 or not links:
+            got = ((self.mm_of.get(pfn, -1), self.va_of.get(pfn, 0)),)
+        else:
+            out: dict[tuple[int, int], None] = {}
+            for parent, idx in sorted(links):
+                shift = LEVEL_SHIFT[self.level.get(parent, 2)]
+                for mm, base in self.placements(parent):
+                    out[(mm, base | (idx << shift))] = None
+            got = tuple(out)
+        self._placements[pfn] = got
+        return got
+
+    def mms_of(self, pfn: int) -> set[int]:
+        """Every mm that reaches table ``pfn`` (its owners: several for a
+        shared table)."""
+        return {mm for mm, _ in self.placements(pfn)}
+
     def table_span(self, pfn: int) -> tuple[int, int]:
         lvl = self.level.get(pfn, 1)
         base = self.va_of.get(pfn, 0)
@@ -123,6 +161,8 @@ class Shadow:
         self.va_of[pfn] = a["va"]
         self.entries[pfn] = {}
         self.last_alloc[pfn] = ev
+        if self.links.pop(pfn, None) is not None or pfn in self._placements:
+            self._placements.clear()
         if a["state"] == TABLE and a["level"] == 4:
             self.pgd_of_mm[a["mm"]] = pfn
 
@@ -139,13 +179,24 @@ class Shadow:
             table[idx] = new
         else:
             table.pop(idx, None)
-        if old and old != new and self.state.get(pfn) == TABLE and a["gen"] == self.gen.get(pfn):
+        live = self.state.get(pfn) == TABLE and a["gen"] == self.gen.get(pfn)
+        upper = self.level.get(pfn, 1) > 1
+        if old and old != new and live:
             child = entry_pfn(old)
             key = (child, self.gen.get(child, 0))
-            if self.level.get(pfn, 1) > 1:
+            if upper:
                 self.unhooks[key] = ev
             else:
                 self.pte_clears[key] = ev
+        if upper and live and old != new:
+            if old and is_table_entry(old):
+                links = self.links.get(entry_pfn(old))
+                if links is not None:
+                    links.discard((pfn, idx))
+                self._placements.clear()
+            if new and is_table_entry(new):
+                self.links.setdefault(entry_pfn(new), set()).add((pfn, idx))
+                self._placements.clear()
 
     def _tlb_fill(self, ev: Event, _sh: object = None) -> None:
         a = ev.a

@@ -105,10 +105,10 @@ def tlb_needs_table_invalidate() -> bool:
     return True
 
 
-def tlb_table_flush_implies_ipi_broadcast(tlb: MmuGather) -> bool:
+def tlb_table_flush_implies_ipi_broadcast(cpu) -> bool:
     """arch/x86/include/asm/tlb.h (2026): did the flush we just did IPI every
     CPU that could be walking this mm, and wait for each?"""
-    return flush_implies_ipi_broadcast(tlb.cpu)
+    return flush_implies_ipi_broadcast(cpu)
 
 
 def __tlb_remove_table(cpu, table) -> None:
@@ -126,13 +126,15 @@ def tlb_remove_table_smp_sync(cpu, info) -> None:
     """Simply deliver the interrupt."""
 
 
-def tlb_remove_table_sync_one(tlb: MmuGather):
+def tlb_remove_table_sync_one(cpu):
     """mm/mmu_gather.c with the 2026 early return.  Not an RCU grace period:
-    only good for walkers that rely on IRQs being disabled."""
-    if tlb_table_flush_implies_ipi_broadcast(tlb):
-        trace(tlb.cpu, "tlb_remove_table_sync_one: the flush was an IPI broadcast, skipped")
+    only good for walkers that rely on IRQs being disabled.  Also the hook
+    generic code calls (hugetlb unsharing), so the early return applies there
+    too, as in the kernel."""
+    if tlb_table_flush_implies_ipi_broadcast(cpu):
+        trace(cpu, "tlb_remove_table_sync_one: the flush was an IPI broadcast, skipped")
         return
-    yield from smp_call_function(tlb.cpu, tlb_remove_table_smp_sync, None, True,
+    yield from smp_call_function(cpu, tlb_remove_table_smp_sync, None, True,
                                  "tlb_remove_table_sync_one")
 
 
@@ -146,7 +148,7 @@ def tlb_table_invalidate(tlb: MmuGather):
 def tlb_remove_table_one(tlb: MmuGather, table):
     """The single-table fallback: sync (maybe skipped), then free at once."""
     trace(tlb.cpu, f"tlb_remove_table_one(pfn {table.pfn:#x})")
-    yield from tlb_remove_table_sync_one(tlb)
+    yield from tlb_remove_table_sync_one(tlb.cpu)
     __tlb_remove_table(tlb.cpu, table)
 
 

@@ -7,6 +7,15 @@ flush range bookkeeping, the page batch (an on-stack bundle of
 ``tlb_flush()``, and the generic inlines ``tlb_flush_mmu_tlbonly()`` and
 ``tlb_finish_mmu()``.
 
+Read at mainline v6.19 (plus the 6.18.y backports of the same code): the
+``vma_pfn`` flag and ``tlb_free_vmas()`` (Roman Gushchin, "mmu_gather: move
+tlb flush for VM_PFNMAP/VM_MIXEDMAP vmas into free_pgtables()", 2025), and
+the hugetlb unsharing state of 8ce720d5bd91 ("mm/hugetlb: fix excessive IPI
+broadcasts when unsharing PMD tables using mmu_gather", David Hildenbrand,
+Dec 2025): ``unshared_tables``, ``fully_unshared_tables``,
+``tlb_gather_mmu_vma()``, ``tlb_unshare_pmd_ptdesc()``,
+``tlb_flush_unshared_tables()`` and the warning in ``tlb_finish_mmu()``.
+
 What differs between configurations, how page-table pages are freed
 (``pte_free_tlb()`` & co. and ``tlb_flush_mmu()``), is the strategy's: see
 ``impls/machine/strategy.py`` for the protocol.  A strategy may also replace any
@@ -21,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .cpu import Cpu, Mm, Step
 from .page_alloc import DATA, TABLE, Frame
 from .pgtable import PAGE_SHIFT, PAGE_SIZE, PGDIR_SHIFT, PMD_SHIFT, PUD_SHIFT, TASK_SIZE
+from .smp import smp_call_function
 from .tlbflush import TLB_FLUSH_ALL, flush_tlb_mm_range
 
 if TYPE_CHECKING:
@@ -42,6 +52,7 @@ class MmuGather:
         "cpu", "m", "mm", "fullmm", "need_flush_all", "freed_tables", "delayed_rmap",
         "cleared_ptes", "cleared_pmds", "cleared_puds", "cleared_p4ds", "start", "end",
         "batches", "active", "batch_count", "batch", "priv",
+        "vma_pfn", "vma_huge", "unshared_tables", "fully_unshared_tables",
     )
 
     def __init__(self, cpu: Cpu, mm: Mm, fullmm: bool) -> None:
@@ -60,6 +71,16 @@ class MmuGather:
         self.batch_count = 0
         self.batch: Any = None
         self.priv: dict[str, Any] = {}
+        self.vma_huge = False
+        #: a VM_PFNMAP/VM_MIXEDMAP VMA was zapped since the last flush (tlb_free_vmas())
+        self.vma_pfn = False
+        #: a shared (hugetlb PMD) table was unshared since the last flush; reset
+        #: with the range, like cleared_*
+        self.unshared_tables = False
+        #: a table was unshared by its last other sharer: its new sole owner may
+        #: reuse it, so GUP-fast must be synced (tlb_flush_unshared_tables());
+        #: set in __tlb_gather_mmu(), not reset with the range
+        self.fully_unshared_tables = False
         _tlb_reset_range(self)  # (a dunder name would be mangled in a class body)
 
 
@@ -72,6 +93,10 @@ def __tlb_reset_range(tlb: MmuGather) -> None:
         tlb.end = 0
     tlb.freed_tables = False
     tlb.cleared_ptes = tlb.cleared_pmds = tlb.cleared_puds = tlb.cleared_p4ds = False
+    tlb.unshared_tables = False
+    # Do not reset mmu_gather::vma_* fields here ... except for vma_pfn, that
+    # only cares if there's pending TLBI.
+    tlb.vma_pfn = False
 
 
 _tlb_reset_range = __tlb_reset_range
@@ -118,7 +143,18 @@ def tlb_get_unmap_shift(tlb: MmuGather) -> int:
 
 
 def tlb_flush(tlb: MmuGather) -> Step:
-    """arch/x86/include/asm/tlb.h: tlb_flush()."""
+    """arch/x86/include/asm/tlb.h: tlb_flush().
+
+    Mainline (v6.19) passes ``tlb->freed_tables`` only: an unshare without a
+    free is a flush that ``should_flush_tlb()`` keeps from lazy-TLB CPUs and
+    that INVLPGB issues with ``INVLPGB_FINAL_ONLY``.  Passing
+    ``freed_tables || unshared_tables`` ("so that lazy-TLB CPUs also receive
+    IPIs during unsharing page tables") is part of Lance Yang's "x86/tlb: skip
+    redundant sync IPIs for native TLB flush" (v6/v7, March 2026), not merged
+    as far as our sources show; arm64's ``tlb_flush()`` got the same change
+    as a fix of 8ce720d5bd91 ("arm64: tlb: Flush walk cache when unsharing
+    PMD tables", Zeng Heng, 2026).
+    """
     start, end = 0, TLB_FLUSH_ALL
     stride_shift = tlb_get_unmap_shift(tlb)
     if not tlb.fullmm and not tlb.need_flush_all:
@@ -128,12 +164,61 @@ def tlb_flush(tlb: MmuGather) -> Step:
 
 def tlb_flush_mmu_tlbonly(tlb: MmuGather) -> Step:
     """include/asm-generic/tlb.h: tlb_flush_mmu_tlbonly(): flush the TLB for
-    what was gathered since the last flush; a no-op when nothing was."""
+    what was gathered since the last flush; a no-op when nothing was (an
+    unshared table counts, since 8ce720d5bd91)."""
     if not (tlb.freed_tables or tlb.cleared_ptes or tlb.cleared_pmds or tlb.cleared_puds
-            or tlb.cleared_p4ds):
+            or tlb.cleared_p4ds or tlb.unshared_tables):
         return
     yield from tlb_flush(tlb)
     __tlb_reset_range(tlb)
+
+
+# -- VMA boundaries (include/asm-generic/tlb.h) -----------------------------------
+
+VM_PFNMAP = 0x400
+VM_MIXEDMAP = 0x10000000
+VM_HUGETLB = 0x400000
+VM_SHARED = 0x8
+
+
+def tlb_update_vma_flags(tlb: MmuGather, vma) -> None:
+    """include/asm-generic/tlb.h: tlb_update_vma_flags(): track whether a
+    VM_PFNMAP/VM_MIXEDMAP VMA is in the gathered range (``vma_pfn |=``)."""
+    flags = getattr(vma, "flags", 0)
+    tlb.vma_huge = bool(flags & VM_HUGETLB)
+    if flags & (VM_PFNMAP | VM_MIXEDMAP):
+        tlb.vma_pfn = True
+
+
+def tlb_start_vma(tlb: MmuGather, vma) -> None:
+    """include/asm-generic/tlb.h: tlb_start_vma() (flush_cache_range() is a
+    no-op on x86)."""
+    if tlb.fullmm:
+        return
+    tlb_update_vma_flags(tlb, vma)
+
+
+def tlb_end_vma(tlb: MmuGather, vma) -> Step:
+    """include/asm-generic/tlb.h: tlb_end_vma(): nothing on x86, which selects
+    CONFIG_MMU_GATHER_MERGE_VMAS (the gathered range spans VMAs; one flush at
+    the end)."""
+    return
+    yield  # pragma: no cover
+
+
+def tlb_free_vmas(tlb: MmuGather) -> Step:
+    """include/asm-generic/tlb.h: tlb_free_vmas(), the first thing
+    free_pgtables() does: if a VM_PFNMAP/VM_MIXEDMAP VMA was zapped and its
+    flush is still pending, flush now, before the VMAs are unlinked from the
+    rmap.  Otherwise unmap_mapping_range() (a driver revoking its frames) no
+    longer finds the VMA, returns at once, and the frames are reused while
+    CPUs still hold TLB entries for them: b67fbebd4cf9 ("mmu_gather: Force
+    tlb-flush VM_PFNMAP vmas", 2022, in tlb_end_vma()), moved here in 2025.
+    No struct page holds such frames, so the gather cannot defer anything."""
+    if tlb.fullmm:
+        return
+    if tlb.vma_pfn:
+        yield from tlb.m.S.tlb_flush_mmu_tlbonly(tlb)
 
 
 # -- the page batch (mm/mmu_gather.c) --------------------------------------
@@ -195,7 +280,9 @@ def tlb_remove_page(tlb: MmuGather, page: Frame) -> Step:
 # -- gather lifetime --------------------------------------------------------
 
 def tlb_gather_mmu(cpu: Cpu, mm: Mm, fullmm: bool = False) -> MmuGather:
-    """mm/mmu_gather.c: tlb_gather_mmu() / tlb_gather_mmu_fullmm()."""
+    """mm/mmu_gather.c: tlb_gather_mmu() / tlb_gather_mmu_fullmm().  ``mm``
+    need not be the mm this CPU runs: an rmap zap (unmap_mapping_range())
+    gathers on every mm that maps the range."""
     tlb = MmuGather(cpu, mm, fullmm)
     mm.tlb_flush_pending += 1  # inc_tlb_flush_pending()
     cpu.m.h.emit(cpu.id, "tlb_gather", mm=mm.id, fullmm=fullmm)
@@ -205,13 +292,26 @@ def tlb_gather_mmu(cpu: Cpu, mm: Mm, fullmm: bool = False) -> MmuGather:
     return tlb
 
 
+def tlb_gather_mmu_vma(cpu: Cpu, vma) -> MmuGather:
+    """mm/mmu_gather.c: tlb_gather_mmu_vma() (8ce720d5bd91): a gather for one
+    VMA, its flags set as tlb_start_vma() would (hugetlb's unsharing paths)."""
+    tlb = tlb_gather_mmu(cpu, vma.mm)
+    tlb_update_vma_flags(tlb, vma)
+    return tlb
+
+
 def mm_tlb_flush_nested(mm: Mm) -> bool:
     return mm.tlb_flush_pending > 1
 
 
 def tlb_finish_mmu(tlb: MmuGather) -> Step:
     """mm/mmu_gather.c: tlb_finish_mmu(): the final flush (forced full with
-    freed_tables when another thread batches on the same mm), then free."""
+    freed_tables when another thread batches on the same mm), then free.
+    Unshared hugetlb tables must have been flushed and synced before
+    (huge_pmd_unshare_flush(), under i_mmap_rwsem): VM_WARN_ON_ONCE()."""
+    if tlb.fully_unshared_tables:
+        tlb.m.h.emit(tlb.cpu.id, "bug", what="tlb_finish_mmu() with fully_unshared_tables set: "
+                     "huge_pmd_unshare_flush() was not called before i_mmap_rwsem was dropped")
     if mm_tlb_flush_nested(tlb.mm):
         tlb.fullmm = True
         __tlb_reset_range(tlb)
@@ -219,6 +319,56 @@ def tlb_finish_mmu(tlb: MmuGather) -> Step:
     yield from tlb.m.S.tlb_flush_mmu(tlb)
     tlb.mm.tlb_flush_pending -= 1  # dec_tlb_flush_pending()
     tlb.m.h.emit(tlb.cpu.id, "tlb_finish", mm=tlb.mm.id)
+
+
+# -- hugetlb PMD table unsharing (include/asm-generic/tlb.h, 8ce720d5bd91) ------------
+
+def tlb_unshare_pmd_ptdesc(tlb: MmuGather, pt: Frame, addr: int) -> None:
+    """include/asm-generic/tlb.h: tlb_unshare_pmd_ptdesc(): the caller cleared
+    the PUD entry pointing at shared PMD table ``pt``: drop its share count,
+    flush the PUD's range at PMD stride, and remember that a table was
+    unshared (and fully, if no other sharer is left: its owner may now reuse
+    it)."""
+    if pt.share_count <= 0:
+        tlb.m.h.emit(tlb.cpu.id, "bug", what=f"tlb_unshare_pmd_ptdesc() of an unshared table {pt.pfn:#x}")
+    pt.share_count -= 1  # ptdesc_pmd_pts_dec()
+    # Clearing a PUD pointing at a PMD table with PMD leaves.
+    tlb_flush_pmd_range(tlb, addr & ~((1 << PUD_SHIFT) - 1), 1 << PUD_SHIFT)
+    if pt.share_count <= 0:
+        tlb.fully_unshared_tables = True
+    tlb.unshared_tables = True
+    tlb.m.h.emit(tlb.cpu.id, "pt_unshare", pfn=pt.pfn, gen=pt.gen, mm=tlb.mm.id,
+                 count=pt.share_count)
+
+
+def tlb_flush_unshared_tables(tlb: MmuGather) -> Step:
+    """include/asm-generic/tlb.h: tlb_flush_unshared_tables(): before the
+    caller drops i_mmap_rwsem (after which a previously shared table may be
+    modified or reused by its remaining owner), flush the unsharer's TLB, and
+    if a table was unshared by its last other sharer, wait for every
+    concurrent GUP-fast with the strategy's tlb_remove_table_sync_one() (an
+    IPI to every CPU; a no-op where tables are not RCU-freed, whose flush was
+    the IPI already)."""
+    S = tlb.m.S
+    if tlb.unshared_tables:
+        yield from S.tlb_flush_mmu_tlbonly(tlb)
+    if tlb.fully_unshared_tables:
+        yield from S.tlb_remove_table_sync_one(tlb.cpu)
+        tlb.fully_unshared_tables = False
+
+
+def tlb_remove_table_sync_one(cpu: Cpu) -> Step:
+    """mm/mmu_gather.c (CONFIG_MMU_GATHER_RCU_TABLE_FREE):
+    tlb_remove_table_sync_one(): ``smp_call_function(tlb_remove_table_smp_sync,
+    NULL, 1)``, an IPI to every other online CPU, waiting for each.  Not an
+    RCU grace period: it only waits out walkers that rely on IRQs being off
+    (GUP-fast).  The strategy's hook (a configuration without RCU table
+    freeing has an empty one)."""
+    yield from smp_call_function(cpu, tlb_remove_table_smp_sync, None, True, "tlb_remove_table_sync_one")
+
+
+def tlb_remove_table_smp_sync(cpu: Cpu, info: Any) -> None:
+    """mm/mmu_gather.c: tlb_remove_table_smp_sync(): simply deliver the interrupt."""
 
 
 def pagetable_free(cpu: Cpu, table: Frame, via: str) -> None:

@@ -39,7 +39,7 @@ class SpinLock:
 class Frame:
     __slots__ = (
         "pfn", "gen", "state", "level", "mm", "entries", "refcount", "mapcount",
-        "ptl", "data", "pinned", "xen_pinned", "ro", "owner_va",
+        "ptl", "data", "pinned", "xen_pinned", "ro", "owner_va", "share_count",
     )
 
     def __init__(self, pfn: int) -> None:
@@ -57,6 +57,7 @@ class Frame:
         self.xen_pinned = False  # Xen's pin/type reference on the page
         self.ro = False          # direct-map alias read-only (Xen PV tables)
         self.owner_va = 0        # base VA this table translates (for reports)
+        self.share_count = 0     # ptdesc->pt_share_count: other mms sharing this PMD table
 
     def describe(self) -> str:
         if self.state == TABLE:
@@ -102,6 +103,7 @@ class Frames:
         f.mapcount = 0
         f.data = 0
         f.owner_va = va
+        f.share_count = 0  # ptdesc_pmd_pts_init()
         f.ptl = SpinLock("ptl", f, f.gen) if state == TABLE else None
         self.h.emit_attrs(cpu, "alloc",
                           {"pfn": f.pfn, "gen": f.gen, "state": state, "level": level, "mm": mm, "va": va})

@@ -109,12 +109,16 @@ def as_generator(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def build_ops(kind: str, module: ModuleType, hooks: list[Hook], source: str) -> Ops:
+def build_ops(kind: str, module: ModuleType, hooks: list[Hook], source: str,
+              not_hooks: frozenset[str] = frozenset()) -> Ops:
+    """``not_hooks``: kernel function names a module may well define that are
+    close to a hook's name but are not one (``tlb_remove_table_one()`` vs
+    the ``tlb_remove_table_sync_one`` hook)."""
     name = getattr(module, "NAME", None)
     if not isinstance(name, str) or not name:
         raise PluginError(f"{source}: a {kind} must define NAME = \"...\" (a non-empty string)")
     names = [h.name for h in hooks]
-    _check_misspelt_hooks(kind, module, names, source)
+    _check_misspelt_hooks(kind, module, names, source, not_hooks)
     ops = Ops(kind, name, inspect.getdoc(module) or "", source)
     for hook in hooks:
         fn = getattr(module, hook.name, None)
@@ -133,12 +137,13 @@ def build_ops(kind: str, module: ModuleType, hooks: list[Hook], source: str) -> 
     return ops
 
 
-def _check_misspelt_hooks(kind: str, module: ModuleType, hooks: list[str], source: str) -> None:
+def _check_misspelt_hooks(kind: str, module: ModuleType, hooks: list[str], source: str,
+                          not_hooks: frozenset[str] = frozenset()) -> None:
     """A public function defined in the file whose name is one letter or so away
     from a hook is almost certainly a misspelt hook that would be silently
     ignored."""
     for attr, value in vars(module).items():
-        if attr in hooks or attr.startswith("_") and not attr.startswith("__tlb"):
+        if attr in hooks or attr in not_hooks or attr.startswith("_") and not attr.startswith("__tlb"):
             continue
         if not inspect.isfunction(value) or getattr(value, "__module__", None) != module.__name__:
             continue

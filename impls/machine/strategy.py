@@ -20,6 +20,11 @@ optional (the machine's generic version is used when absent)
   ``tlb_flush_mmu_tlbonly(tlb)``, ``tlb_finish_mmu(tlb)``.
   ``gup_fast(cpu, mm, addr, write) -> page | None``: the lockless walker, for a
   scheme that changes how GUP-fast protects itself.
+  ``tlb_remove_table_sync_one(cpu)``: wait for every concurrent IRQ-off walker
+  (GUP-fast) with an IPI to all other CPUs; generic code calls it where a
+  table is about to be modified or reused without a grace period (hugetlb's
+  ``tlb_flush_unshared_tables()``; the kernel's default is the IPI, and a
+  configuration without RCU table freeing has an empty one).
 
 Module attributes: ``NAME`` (required), ``SAFE_ON`` (environment names the
 strategy claims to be safe on; ``make fuzz`` holds it to that), ``KERNEL`` (the
@@ -48,12 +53,17 @@ HOOKS = [
          "flush the TLB for what was gathered"),
     Hook("tlb_finish_mmu", False, True, mmu_gather.tlb_finish_mmu, "the final flush and free"),
     Hook("gup_fast", False, True, gup.gup_fast, "the GUP-fast lockless walker"),
+    Hook("tlb_remove_table_sync_one", False, True, mmu_gather.tlb_remove_table_sync_one,
+         "wait for concurrent GUP-fast walkers (an IPI to every other CPU)"),
 ]
 HOOK_NAMES = tuple(h.name for h in HOOKS)
+#: kernel functions a strategy defines under their own names that are close to
+#: a hook's name but are not hooks (mm/mmu_gather.c's single-table fallback)
+NOT_HOOKS = frozenset({"tlb_remove_table_one", "__tlb_remove_table_one"})
 
 
 def load_strategy_module(module: ModuleType, source: str | None = None) -> Ops:
-    ops = build_ops("strategy", module, HOOKS, source or module.__name__)
+    ops = build_ops("strategy", module, HOOKS, source or module.__name__, NOT_HOOKS)
     safe_on = getattr(module, "SAFE_ON", ())
     if isinstance(safe_on, str) or not all(isinstance(s, str) for s in safe_on):
         raise PluginError(f"{ops.source}: SAFE_ON must be a tuple of environment names")

@@ -30,6 +30,11 @@ seed S2).
 
 Batch allocation failure: there is no table batch; a full page batch forces
 ``tlb_flush_mmu()`` (flush, then free) at once, which keeps the order.
+
+Unsharing a hugetlb PMD table: without MMU_GATHER_RCU_TABLE_FREE,
+``tlb_remove_table_sync_one()`` is empty; "the expectation is that the
+tlb_flush_mmu_tlbonly() would have issued required IPIs already"
+(``tlb_flush_unshared_tables()``), which holds where the flush is an IPI.
 """
 
 from __future__ import annotations
@@ -82,6 +87,12 @@ def pud_free_tlb(tlb: MmuGather, pud, address: int):
     tlb.freed_tables = True
     paravirt_release_pud(tlb.cpu, pud)
     yield from paravirt_tlb_remove_table(tlb, pud)
+
+
+def tlb_remove_table_sync_one(cpu):
+    """include/asm-generic/tlb.h (!CONFIG_MMU_GATHER_RCU_TABLE_FREE): empty."""
+    return
+    yield  # pragma: no cover
 
 
 def tlb_flush_mmu_free(tlb: MmuGather) -> None:

@@ -93,10 +93,10 @@ def tlb_remove_table_smp_sync(cpu, info) -> None:
     """Simply deliver the interrupt."""
 
 
-def tlb_remove_table_sync_one(tlb: MmuGather):
+def tlb_remove_table_sync_one(cpu):
     """Not an RCU grace period: only good for walkers that rely on IRQs being
     disabled.  An IPI to every other online CPU, waiting for each."""
-    yield from smp_call_function(tlb.cpu, tlb_remove_table_smp_sync, None, True,
+    yield from smp_call_function(cpu, tlb_remove_table_smp_sync, None, True,
                                  "tlb_remove_table_sync_one")
 
 
@@ -107,7 +107,7 @@ def tlb_table_invalidate(tlb: MmuGather):
 
 def tlb_remove_table_one(tlb: MmuGather, table):
     trace(tlb.cpu, f"tlb_remove_table_one(pfn {table.pfn:#x}): sync IPI, then free")
-    yield from tlb_remove_table_sync_one(tlb)
+    yield from tlb_remove_table_sync_one(tlb.cpu)
     __tlb_remove_table(tlb.cpu, table)
 
 

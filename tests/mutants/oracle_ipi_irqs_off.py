@@ -12,15 +12,15 @@ NAME = "semi-rcu-ipi-with-irqs-off"
 SAFE_ON = ()
 
 
-def tlb_remove_table_sync_one(tlb):
-    local_irq_save(tlb.cpu)  # BUG
-    yield from smp_call_function(tlb.cpu, _semi.tlb_remove_table_smp_sync, None, True,
+def tlb_remove_table_sync_one(cpu):
+    local_irq_save(cpu)  # BUG
+    yield from smp_call_function(cpu, _semi.tlb_remove_table_smp_sync, None, True,
                                  "tlb_remove_table_sync_one")
-    local_irq_restore(tlb.cpu)
+    local_irq_restore(cpu)
 
 
 def tlb_remove_table_one(tlb, table):
-    yield from tlb_remove_table_sync_one(tlb)
+    yield from tlb_remove_table_sync_one(tlb.cpu)
     _semi.__tlb_remove_table(tlb.cpu, table)
 
 

@@ -26,7 +26,7 @@ NAME = "sync-ipi-always-skipped"
 PLANTED = {"env": "xen-pv+batch-fail", "kind": "strategy", "check": "table-uaf"}
 
 
-def tlb_remove_table_sync_one(tlb):
+def tlb_remove_table_sync_one(cpu):
     """mm/mmu_gather.c: tlb_remove_table_sync_one()."""
     return  # BUG: tlb_table_flush_implies_ipi_broadcast() taken to be always true
     yield  # noqa: B901 (a generator hook)
