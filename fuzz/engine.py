@@ -37,7 +37,7 @@ from oracle.verdict import Violation, check_names
 
 from .envs import Environment
 from .feedback import keys_of
-from .generate import GenConfig, RandomDraw, generate
+from .generate import GenConfig, RandomDraw, generate, op_weights
 from .run import Lockstep, run_lockstep
 
 ENGINES = ("random", "pct", "hypothesis", "atheris")
@@ -167,10 +167,14 @@ def swarm_config(cfg: GenConfig, s: int, keep: float = 0.5) -> GenConfig:
     under one fixed mix of weights."""
     rng = random.Random(s ^ 0x5A5A5A5A)
     w = {k: v for k, v in cfg.weights.items() if v > 0 and rng.random() < keep}
-    if not any(k in w for k in ("munmap", "madvise", "exit")):
-        k = rng.choice([k for k in ("munmap", "madvise", "exit") if cfg.weights.get(k, 0) > 0] or ["munmap"])
+    # judged on what this configuration can generate (no KVM ops without KVM,
+    # no exit without lazy-TLB CPUs: fuzz.generate.op_weights)
+    usable = op_weights(cfg)
+    have = op_weights(replace(cfg, weights=w))
+    if not any(k in have for k in ("munmap", "madvise", "exit")):
+        k = rng.choice([k for k in ("munmap", "madvise", "exit") if usable.get(k, 0) > 0] or ["munmap"])
         w[k] = cfg.weights.get(k, 1.0) or 1.0
-    if not w.keys() - {"munmap", "madvise", "exit", "mmap", "switch"}:
+    if not have.keys() - {"munmap", "madvise", "exit", "mmap", "switch"}:
         w["access"] = cfg.weights.get("access", 1.0) or 1.0
     return replace(cfg, weights=w)
 

@@ -312,3 +312,20 @@ def test_atheris_engine_runs_in_a_child_process(tmp_path):
 
 def test_engines_are_listed():
     assert ENGINES == ("random", "pct", "hypothesis", "atheris")
+
+
+def test_swarm_always_leaves_something_to_generate():
+    """Swarm subsets are judged on what the configuration can generate: in an
+    environment without lazy-TLB CPUs (no exit) and without KVM, a subset of
+    {exit, kvm_fault} must not leave the generator with no operation (seed 777,
+    iteration 148 of `fuzz --safe-on` crashed so)."""
+    from fuzz.engine import iteration_seed, swarm_config
+    from fuzz.envs import ENVIRONMENTS
+    from fuzz.generate import RandomDraw, generate, op_weights
+
+    for name in ("native", "native+pt-reclaim", "native+batch-fail"):
+        cfg = ENVIRONMENTS[name].gen_config(32)
+        for i in range(2000):
+            sw = swarm_config(cfg, iteration_seed(777, i))
+            assert op_weights(sw), (name, i, sw.weights)
+        generate(RandomDraw(iteration_seed(777, 148)), swarm_config(cfg, iteration_seed(777, 148)))
