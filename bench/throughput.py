@@ -11,7 +11,9 @@ the same on the three built-in strategies plus the divergence comparison
 the same N programs, timed in CPU time of this process (``time.process_time``:
 programs per second per core, less sensitive to other load on the machine than
 wall time, which is printed too, as is the best repeat: on a busy machine the
-best is the steadier figure).  Prints figures only: no assertions.
+best is the steadier figure).  The programs run under the fuzz loop's
+garbage-collection policy (fuzz.engine.PausedGC), as they do in a campaign.
+Prints figures only: no assertions.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.engine import iteration_seed  # noqa: E402
+from fuzz.engine import PausedGC, iteration_seed  # noqa: E402
 from fuzz.envs import default_environment  # noqa: E402
 from fuzz.generate import GenConfig, RandomDraw, generate  # noqa: E402
 from fuzz.run import run_lockstep, run_program  # noqa: E402
@@ -50,12 +52,14 @@ def one_strategy(platform: str, strategy: str, n: int) -> tuple[float, float, in
     plat = registry.platform(platform)
     steps = events = 0
     t0, w0 = time.process_time(), time.perf_counter()
-    for i in range(n):
-        s = iteration_seed(SEED, i)
-        prog = generate(RandomDraw(s), cfg)
-        r = run_program(prog, strat, plat, RandomChoices(s, biases))
-        steps += r.history.meta["steps"]
-        events += len(r.history)
+    with PausedGC() as gcp:
+        for i in range(n):
+            s = iteration_seed(SEED, i)
+            prog = generate(RandomDraw(s), cfg)
+            r = run_program(prog, strat, plat, RandomChoices(s, biases))
+            steps += r.history.meta["steps"]
+            events += len(r.history)
+            gcp.tick()
     return time.process_time() - t0, time.perf_counter() - w0, steps, events
 
 
@@ -66,13 +70,15 @@ def lockstep(platform: str, n: int) -> tuple[float, float, int, int]:
     plat = registry.platform(platform)
     steps = events = 0
     t0, w0 = time.process_time(), time.perf_counter()
-    for i in range(n):
-        s = iteration_seed(SEED, i)
-        prog = generate(RandomDraw(s), cfg)
-        res = run_lockstep(prog, strats, plat, lambda s=s: RandomChoices(s, biases))
-        for r in res.runs:
-            steps += r.history.meta["steps"]
-            events += len(r.history)
+    with PausedGC() as gcp:
+        for i in range(n):
+            s = iteration_seed(SEED, i)
+            prog = generate(RandomDraw(s), cfg)
+            res = run_lockstep(prog, strats, plat, lambda s=s: RandomChoices(s, biases))
+            for r in res.runs:
+                steps += r.history.meta["steps"]
+                events += len(r.history)
+            gcp.tick()
     return time.process_time() - t0, time.perf_counter() - w0, steps, events
 
 

@@ -89,7 +89,7 @@ from oracle.behaviours import BEHAVIOURS
 from . import corpus
 from . import findings as findings_mod
 from .drivers.tape import Tape, TapeChoices
-from .engine import Finding, Stats, findings_of, iteration_seed
+from .engine import Finding, PausedGC, Stats, findings_of, iteration_seed
 from .envs import ENVIRONMENTS, Environment
 from .execution import ExecutionError, InProcess, check_jobs, drive, executor
 from .feedback import keys_of
@@ -461,12 +461,14 @@ class Worker:
         """Run ``iterations`` in order (stopping early at ``deadline`` or when
         ``should_stop()``); ``t`` of what it reports is ``clock()``."""
         out = BatchResult()
-        for i in iterations:
-            if should_stop() or (deadline is not None and time.monotonic() >= deadline):
-                out.stopped = True
-                break
-            self.one(i, out, clock)
-            out.executed.append(i)
+        with PausedGC() as gcp:
+            for i in iterations:
+                if should_stop() or (deadline is not None and time.monotonic() >= deadline):
+                    out.stopped = True
+                    break
+                self.one(i, out, clock)
+                out.executed.append(i)
+                gcp.tick()
         return out
 
     def one(self, i: int, out: BatchResult, clock: Callable[[], float] = time.monotonic) -> None:

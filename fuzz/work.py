@@ -54,7 +54,16 @@ from impls.machine.choices import Replay
 from impls.machine.plugin import LOAD_RECORDERS, Ops, PluginError
 from impls.machine.program import Program
 
-from .engine import SEEDED_ENGINES, Finding, Stats, findings_of, fuzz_program, iteration_seed, pct_k_steps
+from .engine import (
+    SEEDED_ENGINES,
+    Finding,
+    PausedGC,
+    Stats,
+    findings_of,
+    fuzz_program,
+    iteration_seed,
+    pct_k_steps,
+)
 from .envs import Environment, environment
 from .watchdog import WATCHDOG, WATCHDOG_SECONDS, HookTimeout, watchdog_report
 
@@ -366,8 +375,14 @@ class FuzzUnit:
                     should_stop: Callable[[], bool], where: list[int]) -> None:
         cfg = env.gen_config(self.length, platform.name if platform.name != env.platform else None)
         k_steps = pct_k_steps(self.length)
+        with PausedGC() as gcp:
+            self._loop(strategies, platform, env, out, should_stop, where, cfg, k_steps, gcp)
+
+    def _loop(self, strategies: list[Ops], platform: Ops, env: Environment, out: FuzzResult,
+              should_stop: Callable[[], bool], where: list[int], cfg: Any, k_steps: int, gcp: PausedGC) -> None:
         stats = out.stats
         for pos in range(self.start, self.stop):
+            gcp.tick()
             if should_stop():
                 break
             where[0] = pos

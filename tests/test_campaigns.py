@@ -356,3 +356,33 @@ def test_executor_chooses_the_backend(monkeypatch):
     monkeypatch.setattr("fuzz.execution.CONNECT_TIMEOUT", "1s")
     with pytest.raises(ExecutionError, match="cannot reach the Dask scheduler"):
         executor(1)
+
+
+# -- throughput guards ------------------------------------------------------------------------------------
+
+
+def test_a_finished_run_leaves_no_reference_cycles():
+    """The fuzz loop pauses the cycle collector (fuzz.engine.PausedGC) and
+    collects every 64 programs; that is cheap only if a finished run is freed
+    by reference counting alone.  A closure that refers to itself, or an
+    object pointing back at its owner, keeps a whole machine and its history
+    alive until a collection: break the cycle (see Machine.release())."""
+    import gc
+
+    from fuzz.engine import fuzz_program, pct_k_steps
+    from fuzz.envs import ENVIRONMENTS
+    from impls import registry
+    strategies = [registry.strategy(s) for s in registry.STRATEGIES]
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for env in ENVIRONMENTS.values():
+            platform = registry.platform(env.platform)
+            for i in range(3):
+                fuzz_program(strategies, platform, env, "random", 11, i, env.gen_config(32), pct_k_steps(32))
+        gc.collect()
+        left = sorted({type(o).__name__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert not left, f"runs left reference cycles through: {', '.join(left)}"

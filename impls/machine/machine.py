@@ -342,6 +342,9 @@ class Machine:
             c.wait = None
         self.rcu.m = None  # type: ignore[assignment]
         self.choices.last_label = lambda agent: None
+        for f in self.frames.frames:  # a table's PTL lives in its ptdesc and points back at it
+            if f.ptl is not None:
+                f.ptl.frame = None
 
     def _finish(self) -> History:
         h = self.h

@@ -224,18 +224,20 @@ release_pmd = release_pud = release_pte
 def _tree(m, pgd: Frame) -> list[tuple[Frame, int]]:
     """__xen_pgd_walk(): every table of the tree, the pgd last."""
     out: list[tuple[Frame, int]] = []
-
-    def walk(f: Frame, level: int) -> None:
-        if level > 1:
-            for _, val in sorted(f.entries.items()):
-                if is_table_entry(val):
-                    c = m.frames.get(entry_pfn(val))
-                    if c is not None and c.state == TABLE:
-                        walk(c, level - 1)
-        out.append((f, f.gen))
-
-    walk(pgd, 4)
+    _walk(m, pgd, 4, out)
     return out
+
+
+def _walk(m, f: Frame, level: int, out: list[tuple[Frame, int]]) -> None:
+    # a module-level function, not a closure: a recursive closure is a reference
+    # cycle that would keep the whole machine alive until the cycle collector runs
+    if level > 1:
+        for _, val in sorted(f.entries.items()):
+            if is_table_entry(val):
+                c = m.frames.get(entry_pfn(val))
+                if c is not None and c.state == TABLE:
+                    _walk(m, c, level - 1, out)
+    out.append((f, f.gen))
 
 
 def enter_mmap(cpu: Cpu, mm: Mm) -> None:
