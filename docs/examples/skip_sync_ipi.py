@@ -78,6 +78,7 @@ from impls.machine.kernel import (
     tlb_flush_p4d_range,
     tlb_flush_pmd_range,
     tlb_flush_pud_range,
+    tlb_needs_table_invalidate,
     trace,
 )
 
@@ -98,11 +99,6 @@ class MmuTableBatch:
 
     def __init__(self) -> None:
         self.tables: list = []
-
-
-def tlb_needs_table_invalidate() -> bool:
-    """x86 hardware caches upper-level entries: invalidate before freeing."""
-    return True
 
 
 def tlb_table_flush_implies_ipi_broadcast(cpu) -> bool:
@@ -141,7 +137,7 @@ def tlb_remove_table_sync_one(cpu):
 def tlb_table_invalidate(tlb: MmuGather):
     """Invalidate the hardware walkers' caches before the hand-off (a no-op
     when nothing was gathered since the last flush)."""
-    if tlb_needs_table_invalidate():
+    if tlb_needs_table_invalidate(tlb):
         yield from tlb_flush_mmu_tlbonly(tlb)
 
 

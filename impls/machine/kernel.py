@@ -28,7 +28,9 @@ from .mmu_gather import (
     tlb_flush_pte_range,
     tlb_flush_pud_range,
     tlb_get_unmap_shift,
+    tlb_needs_table_invalidate,
     tlb_remove_page,
+    tlb_tables_changed,
 )
 from .page_alloc import Frame
 from .paravirt import paravirt_release_pmd, paravirt_release_pte, paravirt_release_pud
@@ -71,5 +73,5 @@ __all__ = [
     "smp_call_function", "smp_call_function_many", "synchronize_rcu", "tlb_batch_pages_flush",
     "tlb_finish_mmu", "tlb_flush", "tlb_flush_mmu_tlbonly", "tlb_flush_p4d_range",
     "tlb_flush_pmd_range", "tlb_flush_pte_range", "tlb_flush_pud_range", "tlb_get_unmap_shift",
-    "tlb_remove_page", "trace",
+    "tlb_needs_table_invalidate", "tlb_remove_page", "tlb_tables_changed", "trace",
 ]

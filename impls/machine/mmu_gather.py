@@ -3,9 +3,15 @@ part), arch/x86/include/asm/tlb.h: ``struct mmu_gather`` and its page batch.
 
 What is here is the same in every kernel configuration: the gather struct, the
 flush range bookkeeping, the page batch (an on-stack bundle of
-``MMU_GATHER_BUNDLE`` pages plus ``GFP_NOWAIT`` batch pages), the x86
-``tlb_flush()``, and the generic inlines ``tlb_flush_mmu_tlbonly()`` and
-``tlb_finish_mmu()``.
+``MMU_GATHER_BUNDLE`` pages plus ``GFP_NOWAIT`` batch pages), and the generic
+inlines ``tlb_flush_mmu_tlbonly()`` and ``tlb_finish_mmu()``.
+
+How the gathered flags become invalidations is the architecture's: the arch
+``tlb_flush()`` is the platform's ``tlb_flush`` hook (x86's,
+:func:`x86_tlb_flush`, by default; arm64's broadcast TLBI in
+``impls/platforms/arm64.py``), as is ``tlb_needs_table_invalidate()``.  arm64
+treats ``unshared_tables`` like ``freed_tables`` (a walk-cache flush); x86
+mainline passes ``freed_tables`` only (:func:`x86_tlb_flush`).
 
 Read at mainline v6.19 (plus the 6.18.y backports of the same code): the
 ``vma_pfn`` flag and ``tlb_free_vmas()`` (Roman Gushchin, "mmu_gather: move
@@ -142,8 +148,27 @@ def tlb_get_unmap_shift(tlb: MmuGather) -> int:
     return PAGE_SHIFT
 
 
-def tlb_flush(tlb: MmuGather) -> Step:
-    """arch/x86/include/asm/tlb.h: tlb_flush().
+#: the gather flags that say page-table pages went away from the range (freed,
+#: or unshared: hugetlb PMD sharing, 8ce720d5bd91): a walk-cache flush covers
+#: both where the architecture says so (arm64 since Zeng Heng's 2026 fix)
+TABLE_FLAGS = ("freed_tables", "unshared_tables")
+
+
+def tlb_tables_changed(tlb: MmuGather) -> bool:
+    """``tlb->freed_tables || tlb->unshared_tables``: what arm64 turns into
+    ``!last_level`` (a TLBI that also drops walk-cache entries).  MODEL: read by
+    name, so a gather flag added to :data:`TABLE_FLAGS` is honoured by every
+    platform's ``tlb_flush`` that asks this, without touching it."""
+    for flag in TABLE_FLAGS:
+        if getattr(tlb, flag, False):
+            return True
+    return False
+
+
+def x86_tlb_flush(tlb: MmuGather) -> Step:
+    """arch/x86/include/asm/tlb.h: tlb_flush(), the platforms' default
+    ``tlb_flush`` hook: the gathered range (the whole mm for a fullmm gather)
+    with the smallest cleared level's stride.
 
     Mainline (v6.19) passes ``tlb->freed_tables`` only: an unshare without a
     free is a flush that ``should_flush_tlb()`` keeps from lazy-TLB CPUs and
@@ -160,6 +185,22 @@ def tlb_flush(tlb: MmuGather) -> Step:
     if not tlb.fullmm and not tlb.need_flush_all:
         start, end = tlb.start, tlb.end
     yield from flush_tlb_mm_range(tlb.cpu, tlb.mm, start, end, stride_shift, tlb.freed_tables)
+
+
+def tlb_flush(tlb: MmuGather) -> Step:
+    """The arch ``tlb_flush()`` (include/asm-generic/tlb.h calls it from
+    ``tlb_flush_mmu_tlbonly()``): the platform's ``tlb_flush`` hook."""
+    yield from tlb.m.P.tlb_flush(tlb)
+
+
+def tlb_needs_table_invalidate(tlb: MmuGather) -> bool:
+    """include/asm-generic/tlb.h: tlb_needs_table_invalidate(): must a table
+    handed to RCU be preceded by a TLB invalidation (``tlb_table_invalidate()``)?
+    True unless the platform says its hardware never walks the Linux tables
+    (sparc64, powerpc hash; powerpc defines it as ``radix_enabled()``).
+    MODEL: the kernel's takes no argument (it is per architecture); here the
+    gather names the machine whose platform answers."""
+    return tlb.m.P.tlb_needs_table_invalidate()
 
 
 def tlb_flush_mmu_tlbonly(tlb: MmuGather) -> Step:

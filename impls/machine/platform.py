@@ -22,6 +22,11 @@ optional
   ``enter_mmap(cpu, mm)``: a new mm starts being used (Xen pins it).
   ``exit_mmap(cpu, mm)``: ``arch_exit_mmap()`` (generator).
   ``pgd_free(cpu, mm)``: the mm's pgd is about to be freed.
+  ``tlb_flush(tlb)``: the arch ``tlb_flush()``: how the gather's range and
+  flags (``freed_tables``, ``cleared_*``, ``unshared_tables``) become
+  invalidations (default: x86's, ``flush_tlb_mm_range()``).
+  ``tlb_needs_table_invalidate()``: must a table be invalidated before its RCU
+  free (default: true)?
   ``init(machine)``: per-machine state; ``on_step(cpu)``: hardware effects
   between two steps of a CPU; ``pending(machine) -> bool`` and
   ``quiesce(machine)``: work the platform still has in flight.
@@ -36,8 +41,15 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+from .mmu_gather import x86_tlb_flush
 from .plugin import Hook, Ops, PluginError, build_ops, load_module_file
 from .tlbflush import native_load_cr3
+
+
+def generic_tlb_needs_table_invalidate() -> bool:
+    """include/asm-generic/tlb.h: ``#define tlb_needs_table_invalidate() (true)``."""
+    return True
+
 
 HOOKS = [
     Hook("flush_tlb_multi", True, True, None, "run flush_tlb_func() on the CPUs of a mask"),
@@ -58,6 +70,9 @@ HOOKS = [
     Hook("enter_mmap", False, False, None, "a new mm starts being used"),
     Hook("exit_mmap", False, True, None, "arch_exit_mmap()"),
     Hook("pgd_free", False, False, None, "paravirt_pgd_free()"),
+    Hook("tlb_flush", False, True, x86_tlb_flush, "the arch tlb_flush(): gather flags -> invalidations"),
+    Hook("tlb_needs_table_invalidate", False, False, generic_tlb_needs_table_invalidate,
+         "must a table be invalidated before its RCU free"),
     Hook("init", False, False, None, "per-machine platform state"),
     Hook("on_step", False, False, None, "hardware effects between steps of a CPU"),
     Hook("pending", False, False, None, "work still in flight"),

@@ -40,6 +40,7 @@ from impls.machine.kernel import (
     tlb_flush_p4d_range,
     tlb_flush_pmd_range,
     tlb_flush_pud_range,
+    tlb_needs_table_invalidate,
     trace,
 )
 
@@ -58,10 +59,6 @@ class MmuTableBatch:
 
     def __init__(self) -> None:
         self.tables: list = []
-
-
-def tlb_needs_table_invalidate() -> bool:
-    return True
 
 
 def __tlb_remove_table(cpu, table) -> None:
@@ -85,7 +82,7 @@ def __tlb_remove_table_one(tlb: MmuGather, table) -> None:
 
 
 def tlb_table_invalidate(tlb: MmuGather):
-    if tlb_needs_table_invalidate():
+    if tlb_needs_table_invalidate(tlb):
         yield from tlb_flush_mmu_tlbonly(tlb)
 
 

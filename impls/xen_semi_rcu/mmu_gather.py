@@ -14,7 +14,8 @@ Ordering: unhook (caller) < ``tlb_table_invalidate()`` (a real TLB flush,
 period; single table -> ``smp_call_function(..., wait=1)`` -> free at once.
 
 Hardware walkers: invalidated before either free path by
-``tlb_table_invalidate()`` (``tlb_needs_table_invalidate()`` is true on x86).
+``tlb_table_invalidate()`` (``tlb_needs_table_invalidate()``, the platform's
+answer: true on x86 and arm64, where hardware walks the Linux tables).
 
 IRQ-off software walkers (GUP-fast): an IRQ-disabled region is an RCU reader,
 so the batch waits for them; the fallback's IPI cannot be taken until they
@@ -47,6 +48,7 @@ from impls.machine.kernel import (
     tlb_flush_p4d_range,
     tlb_flush_pmd_range,
     tlb_flush_pud_range,
+    tlb_needs_table_invalidate,
     trace,
 )
 
@@ -64,10 +66,6 @@ class MmuTableBatch:
 
     def __init__(self) -> None:
         self.tables: list = []
-
-
-def tlb_needs_table_invalidate() -> bool:
-    return True  # x86: the hardware walker caches upper-level entries
 
 
 def __tlb_remove_table(cpu, table) -> None:
@@ -101,7 +99,7 @@ def tlb_remove_table_sync_one(cpu):
 
 
 def tlb_table_invalidate(tlb: MmuGather):
-    if tlb_needs_table_invalidate():
+    if tlb_needs_table_invalidate(tlb):
         yield from tlb_flush_mmu_tlbonly(tlb)
 
 

@@ -24,7 +24,7 @@ NAME = "no-table-invalidate"
 PLANTED = {"env": "native+batch-fail", "kind": "strategy", "check": "stale-psc"}
 
 
-def tlb_needs_table_invalidate() -> bool:
+def tlb_needs_table_invalidate(tlb) -> bool:
     return False  # BUG: x86 hardware walks (and caches) the Linux page tables
 
 
