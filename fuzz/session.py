@@ -174,6 +174,8 @@ class Summary:
     executor: str = ""
     #: workers that died during the session (their units ran again elsewhere)
     lost_workers: list[str] = field(default_factory=list)
+    #: the session was bounded by time (so how far it got depends on speed)
+    timed: bool = False
 
     @property
     def violations(self) -> int:
@@ -283,7 +285,8 @@ class Session:
         self.progress = progress
         self.on_finding = on_finding
         self.known = findings_mod.existing(plan.out) if plan.write else {}
-        self.summary = Summary(plan.engine, plan.seed, plan.length, plan.jobs, out=str(plan.out))
+        self.summary = Summary(plan.engine, plan.seed, plan.length, plan.jobs, out=str(plan.out),
+                               timed=plan.budget is not None)
         self._last_progress = 0.0
         self.cells: list[_CellRun] = []
         self.minimise_queue: list[_Candidate] = []

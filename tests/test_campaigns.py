@@ -275,7 +275,7 @@ def test_sigterm_prints_the_summary_keeps_the_findings_and_leaves_no_process(tmp
             proc.communicate()
     data = json.loads(stdout)
     assert data["interrupted"] and data["exit"] == 1 == proc.returncode, stderr
-    assert data["violations"] >= 1 and not data["crashes"]
+    assert data["violations"] >= 1 and not data["crashes"] and data["timed"]
     cell = data["cells"][0]
     assert cell["covered"] and cell["covered"][0][0] == 0 and cell["programs"] > 0
     for name, text in written.items():                   # intact: still there, still the same, still loads
@@ -389,3 +389,15 @@ def test_a_finished_run_leaves_no_reference_cycles():
         gc.set_debug(0)
         gc.garbage.clear()
     assert not left, f"runs left reference cycles through: {', '.join(left)}"
+
+
+def test_the_summary_says_which_iterations_a_timed_run_covered():
+    from fuzz.commands.fuzz import _covered_text, summary_text
+    from fuzz.session import CellReport, Summary
+    assert _covered_text([[0, 556]], "random", 0) == "iterations covered: 0-555 (iteration i runs seed 0 * 1000003 + i)"
+    assert _covered_text([[0, 10], [12, 13]], "pct", 7).startswith("iterations covered: 0-9, 12 (")
+    s = Summary("random", 7, 32, 2, timed=True)
+    c = CellReport(CellSpec(("direct",), "native", "native"), "native [direct]", covered=[[0, 40]])
+    c.stats.programs = 40
+    s.cells.append(c)
+    assert "iterations covered: 0-39 (iteration i runs seed 7 * 1000003 + i)" in summary_text(s)

@@ -97,7 +97,7 @@ def summary_json(s: Summary) -> dict[str, Any]:
             "pct": c.pct,
         })
     return {"engine": s.engine, "seed": s.seed, "length": s.length, "jobs": s.jobs, "out": s.out,
-            "executor": s.executor, "seconds": round(s.seconds, 3), "interrupted": s.interrupted,
+            "executor": s.executor, "seconds": round(s.seconds, 3), "timed": s.timed, "interrupted": s.interrupted,
             "violations": s.violations, "crashes": s.crashes, "lost_workers": s.lost_workers, "exit": s.exit_code,
             "cells": cells}
 
@@ -138,7 +138,7 @@ def summary_text(s: Summary) -> str:
         out.append(f"  {c.label}: {st.programs:,} programs in {c.seconds:.1f} s ({rate:.1f}/s), "
                    f"behaviours {len(reached)}/{len(BEHAVIOURS) - len(impossible)} possible here, "
                    f"feedback keys {len(st.keys)}")
-        if c.covered and c.covered != [[0, st.programs]] or s.interrupted or c.stats.programs == 0:
+        if s.timed or s.interrupted or c.covered != [[0, st.programs]]:
             out.append(f"      {_covered_text(c.covered, s.engine, s.seed)}")
         if missing and st.programs:
             out.append(f"      not reached: {', '.join(missing)}")
