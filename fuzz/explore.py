@@ -45,10 +45,17 @@ deterministic per fresh process, not across a resume.  With J jobs, worker
 the corpus is shared between batches, so results depend on J but not on
 timing (a time budget only decides where the run stops).
 
+**Workers.**  The batches are work units of the execution layer
+(:class:`ExploreUnit`; fuzz.work, fuzz.execution): ``--jobs`` local worker
+processes or a Dask cluster (``--cluster``).  A unit runs against the corpus
+*hub* as of its batch's start (:class:`Hub`: what each committed batch added,
+sent to each worker once), so which worker runs which unit does not matter.
+
 **Findings** are written at once by fuzz.findings (named after the racing
 operations, ``expect:`` for every strategy, deduplicated by signature,
 platform and knobs), with the input that found them; at the end of a session
-(not after Ctrl-C) fuzz.minimize shrinks each new one in place.
+(not after Ctrl-C) each new one is shrunk in place (fuzz.minimize, as work
+units on the same workers, bounded by ``--minimize-attempts`` runs).
 
 **The report** replays the corpus and the findings under coverage.py (line and
 branch, ``source_pkgs=impls, oracle``) in fresh processes, so module-level code
@@ -94,10 +101,10 @@ from .envs import ENVIRONMENTS, Environment
 from .execution import ExecutionError, InProcess, check_jobs, drive, executor
 from .feedback import keys_of
 from .generate import BytesDraw, GenConfig, generate
-from .minimize import DEFAULT_ATTEMPTS, minimize, size_of
+from .minimize import DEFAULT_ATTEMPTS, size_of
 from .run import Lockstep, run_lockstep, run_program
 from .watchdog import WATCHDOG, WATCHDOG_SECONDS
-from .work import Plugin, Result, code_version, materialise, plugin_ref
+from .work import MinimizeResult, MinimizeUnit, Plugin, Result, code_version, make_cell, materialise, plugin_ref
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the packages whose coverage guides the search and is reported
@@ -912,49 +919,53 @@ class Exploration:
             "minimise": None})
         self.new_findings += 1
 
-    def minimise(self, attempts: int, should_stop: Callable[[], bool],
-                 on_status: Callable[[str], None] | None = None) -> int:
-        """Minimise (fuzz.minimize) every finding not tried yet, ``attempts``
-        runs each, and rewrite its file in place; returns how many shrank."""
-        n = 0
+    def minimisations(self, attempts: int) -> list[tuple[dict[str, Any], corpus.Litmus, Any, dict[str, Any]]]:
+        """The findings not minimised yet, each as (finding, its litmus file,
+        the MinimizeUnit that shrinks it, the unit's blobs); a finding whose
+        file or plug-in no longer loads is marked and left raw."""
+        out = []
         for f in self.state["findings"]:
-            if f.get("minimise") is not None or should_stop():
+            if f.get("minimise") is not None:
                 continue
-            if on_status is not None:
-                on_status(f"minimising {f['file']} ...")
-            path = self.dir / f["file"]
             target = self.by_name.get(f["target"])
             try:
-                lit = corpus.load(path)
-                strategy = registry.strategy(f["strategy_spec"])
-                platform = registry.platform(lit.program.platform)
+                lit = corpus.load(self.dir / f["file"])
+                if target is None:
+                    raise ExploreError(f"target {f['target']} is not explored any more")
+                blobs: dict[str, Any] = {}
+                cell = make_cell(self.config.strategies, target.spec, target.env.name, blobs)
+                index = list(self.config.strategies).index(f["strategy_spec"])
             except Exception as e:  # a file or plug-in that no longer loads: reported, left raw
                 f["minimise"] = {"error": f"{type(e).__name__}: {e}"[:300]}
                 continue
-            divergence = f["signature"].startswith("divergence|")
-            t0 = time.monotonic()
-            try:
-                res = minimize(lit.program, strategy, platform, f["violation_signature"], None, should_stop,
-                               target.env.choice_biases() if target else None,
-                               lockstep=self.strategies if divergence else None, attempts=attempts)
-            except ValueError as e:  # does not replay (a divergence under one schedule): stays raw
-                f["minimise"] = {"error": str(e)[:300], "seconds": round(time.monotonic() - t0, 1)}
-                continue
-            before = f["size"]
-            note = (f"Minimised from {before['ops']} ops + {before['setup']} setup on {before['cpus']} CPUs "
-                    f"({before['preemptions']} preemptions).")
-            new, _ = findings_mod.build_litmus(res.program, strategy, self.strategies, platform, res.violation,
-                                               f["signature"], target.env.name if target else f["target"],
-                                               lit.found_by, path.parent, note)
-            corpus.save(new, path)
-            f["minimise"] = {"seconds": round(res.seconds, 1), "complete": res.complete, "runs": res.runs,
-                             "before": res.before, "after": res.after}
-            f["minimised"] = True
-            f["size"] = res.after
-            f["summary"] = res.violation.summary[:500]
-            n += 1
-        self.save()
-        return n
+            unit = MinimizeUnit(cell, index, lit.program, f["violation_signature"],
+                                f["signature"].startswith("divergence|"), attempts)
+            out.append((f, lit, unit, blobs))
+        return out
+
+    def minimised(self, f: dict[str, Any], lit: corpus.Litmus, res: MinimizeResult) -> bool:
+        """Rewrite the finding's file with the minimised program; False if it
+        did not replay (it stays raw, with the reason)."""
+        if res.program is None:
+            why = res.unreplayable or res.error or res.crash or (f"watchdog: {res.watchdog}" if res.watchdog else "?")
+            f["minimise"] = {"error": why.strip()[:300], "seconds": round(res.seconds, 1)}
+            return False
+        target = self.by_name[f["target"]]
+        path = self.dir / f["file"]
+        strategy = registry.strategy(f["strategy_spec"])
+        platform = registry.platform(target.spec)
+        before = f["size"]
+        note = (f"Minimised from {before['ops']} ops + {before['setup']} setup on {before['cpus']} CPUs "
+                f"({before['preemptions']} preemptions).")
+        new, _ = findings_mod.build_litmus(res.program, strategy, self.strategies, platform, res.violation,
+                                           f["signature"], target.env.name, lit.found_by, path.parent, note)
+        corpus.save(new, path)
+        f["minimise"] = {"seconds": round(res.seconds, 1), "complete": res.complete, "runs": res.runs,
+                         "before": res.before, "after": res.after}
+        f["minimised"] = True
+        f["size"] = res.after
+        f["summary"] = res.violation.summary[:500]
+        return True
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
@@ -1027,7 +1038,7 @@ def explore(d: str | Path, strategies: Sequence[str] | None = None,
             watchdog: float = WATCHDOG_SECONDS) -> Summary:
     """Explore into (or resume) directory ``d`` until ``budget`` seconds or
     ``runs`` programs have run in this session, or Ctrl-C/SIGTERM; save;
-    minimise the new findings (``minimize_attempts`` runs each, 0: not at all;
+    minimise the new findings as work units (``minimize_attempts`` runs each, 0: not at all;
     skipped after an interruption, a later session does it); write the report.
     ``strategies``: built-in names or strategy file paths; ``targets``:
     (environment, platform) pairs (:func:`target_specs`).  The batches run
@@ -1058,27 +1069,65 @@ def explore(d: str | Path, strategies: Sequence[str] | None = None,
     stopped_by = "budget"
     with _Interrupt() as intr:
         pool = executor(jobs, cluster, lambda: intr.flag)
-        source = _Batches(ex, config, engine, arcs, runs, budget, pool, intr, on_progress, watchdog)
         try:
-            drive(pool, source)
-            stopped_by = source.stopped_by
+            source = _Batches(ex, config, engine, arcs, runs, budget, pool, intr, on_progress, watchdog)
+            try:
+                drive(pool, source)
+                stopped_by = source.stopped_by
+            finally:
+                session["programs"] = ex.session_programs
+                session["seconds"] = round(time.monotonic() - ex.session_t0, 3)
+                session["stopped_by"] = stopped_by
+                session["next_iteration"] = ex.state["next_iteration"]
+                prog = ex.log_progress(force=True)
+                ex.stop_clock()
+            if stopped_by != "interrupt" and minimize_attempts > 0:
+                m = _Minimisations(ex, minimize_attempts, intr, on_status)
+                drive(pool, m, abandon=lambda: intr.flag)
+                session["minimised"] = m.shrunk
+                ex.save()
         finally:
             pool.close()
-            session["programs"] = ex.session_programs
-            session["seconds"] = round(time.monotonic() - ex.session_t0, 3)
-            session["stopped_by"] = stopped_by
-            session["next_iteration"] = ex.state["next_iteration"]
             if pool.lost:
                 session["lost_workers"] = list(pool.lost)
-            prog = ex.log_progress(force=True)
-            ex.stop_clock()
-    if stopped_by != "interrupt" and minimize_attempts > 0:
-        with _Interrupt() as intr:
-            session["minimised"] = ex.minimise(minimize_attempts, lambda: intr.flag, on_status)
     path = write_report(d, jobs=report_jobs or jobs) if report else None
     st = load_state(d) or ex.state
     return Summary(d, path, ex.session_programs, stopped_by, prog, st["findings"], st["crashes"],
                    ex.new_findings)
+
+
+class _Minimisations:
+    """The session's new findings minimised as work units (fuzz.work.MinimizeUnit,
+    bounded by runs), on the same workers; each file is rewritten as its
+    result comes back."""
+
+    def __init__(self, ex: Exploration, attempts: int, intr: _Interrupt,
+                 on_status: Callable[[str], None] | None) -> None:
+        self.ex, self.intr, self.on_status = ex, intr, on_status
+        self.todo = ex.minimisations(attempts)
+        self.inflight = 0
+        self.shrunk = 0
+
+    def next_unit(self) -> tuple[Any, dict[str, Any], Any] | None:
+        if not self.todo or self.intr.flag:
+            return None
+        f, lit, unit, blobs = self.todo.pop(0)
+        if self.on_status is not None:
+            self.on_status(f"minimising {f['file']} ...")
+        self.inflight += 1
+        return unit, {k: blobs[k] for k in unit.blobs()}, (f, lit)
+
+    def absorb(self, tag: Any, res: MinimizeResult) -> None:
+        self.inflight -= 1
+        f, lit = tag
+        self.shrunk += self.ex.minimised(f, lit, res)
+
+    def failed(self, tag: Any, error: str) -> None:
+        self.inflight -= 1
+        tag[0]["minimise"] = {"error": error[:300]}
+
+    def finished(self) -> bool:
+        return self.inflight == 0 and (not self.todo or self.intr.flag)
 
 
 class _Batches:
