@@ -346,6 +346,26 @@ EMPTY = ("empty file: a litmus file is a YAML mapping with at least `shootdown: 
          "(docs/litmus-format.md)")
 
 
+def _platform_options(ctx, platform: str, raw: Any) -> tuple[tuple[str, str], ...]:
+    """``env.options``: the platform's options by name; a built-in platform's
+    are checked here (a platform file's when the machine boots)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ctx.fail(("env", "options"), f"expected a mapping {{option: value}}, got {_type(raw)}")
+    declared = registry.platform(platform).meta["options"] if platform in registry.PLATFORM_MODULES else None
+    for k, v in raw.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ctx.fail(("env", "options"), "expected option names and values as strings")
+        if declared is not None:
+            if k not in declared:
+                raise ctx.fail(("env", "options", k), f"platform {platform} has no option {k!r} "
+                               f"(its options: {', '.join(sorted(declared)) or 'none'})")
+            if v not in declared[k][1]:
+                raise ctx.fail(("env", "options", k), f"expected one of {', '.join(declared[k][1])}")
+    return tuple(sorted(raw.items()))
+
+
 def parse(text: str, name: str = "<string>", base: str | Path | None = None) -> Litmus:
     """Parse a litmus document.  ``base``: the directory a ``.py`` platform
     named in it is relative to (it must exist there; nothing is imported)."""
@@ -392,7 +412,7 @@ def parse(text: str, name: str = "<string>", base: str | Path | None = None) -> 
     start = tuple(None if v is None else _int(ctx, ("start", i), v, 0, mms - 1) for i, v in enumerate(start_raw))
     env_raw = data.get("env")
     env_raw = _keys(ctx, ("env",), {} if env_raw is None else env_raw,
-                    {"pt_reclaim", "kvm", "iommu", "skip_mmu_notifiers"})
+                    {"pt_reclaim", "kvm", "iommu", "skip_mmu_notifiers", "options"})
     ptr = env_raw.get("pt_reclaim", "off")
     if ptr is False:
         ptr = "off"
@@ -403,7 +423,9 @@ def parse(text: str, name: str = "<string>", base: str | Path | None = None) -> 
     for k in ("kvm", "iommu", "skip_mmu_notifiers"):
         if not isinstance(env_raw.get(k, False), bool):
             raise ctx.fail(("env", k), "expected true or false")
-    env = Env(ptr, env_raw.get("kvm", False), env_raw.get("iommu", False), env_raw.get("skip_mmu_notifiers", False))
+    options = _platform_options(ctx, platform, env_raw.get("options"))
+    env = Env(ptr, env_raw.get("kvm", False), env_raw.get("iommu", False), env_raw.get("skip_mmu_notifiers", False),
+              options)
     vmas: list[tuple[int, int, int]] = []
     for i, v in enumerate(_list(ctx, ("vmas",), data.get("vmas"), "a list of {mm: N, start: ADDR, len: LEN}")):
         p = ("vmas", i)
@@ -540,6 +562,8 @@ def dumps(lit: Litmus) -> str:
         for k in ("kvm", "iommu", "skip_mmu_notifiers"):
             if getattr(env, k):
                 parts.append(f"{k}: true")
+        if env.options:
+            parts.append("options: {" + ", ".join(f"{k}: {v}" for k, v in env.options) + "}")
         out.append("env: {" + ", ".join(parts) + "}")
     if p.vmas:
         out.append("vmas:")

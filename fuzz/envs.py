@@ -121,6 +121,12 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
                 "invalidated through mmu notifiers (not a column of the primer's matrix)",
                 weights={**_NO_RCU_WALKERS, "kvm_fault": 3.0, "kvm_access": 3.0, "iommu_access": 4.0},
                 biases=_NO_BATCH_FAIL, kvm=True, iommu=True, lazy_tlb=False),
+    Environment("native+switch", "E1", "native",
+                "E1 with CPUs switching between processes while they zap: PCIDs kept across switches, "
+                "flushes racing switch_mm_irqs_off() (not a column of the primer's matrix)",
+                weights={**_NO_RCU_WALKERS, "switch": 8.0, "madvise": 6.0, "munmap": 1.0, "mmap": 1.0,
+                         "gup_fast": 3.0},
+                biases=_NO_BATCH_FAIL, lazy_tlb=False),
 )}
 
 

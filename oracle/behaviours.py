@@ -30,6 +30,11 @@ BEHAVIOURS: dict[str, str] = {
     "reference kept the page allocated until its put",
     "gup-returned-refaulted-page": "GUP-fast returned a page allocated during its walk (the ABA "
     "its re-check accepts: the page mapped at the address when it re-checked)",
+    "flush-ipi-to-switching-cpu": "should_flush_tlb() targeted a CPU inside switch_mm_irqs_off() "
+    "(loaded_mm == LOADED_MM_SWITCHING)",
+    "asid-reloaded-without-flush": "a CPU loaded an ASID it had used before without flushing it "
+    "(its entries survived the switch away and back)",
+    "cpumask-trimmed": "a CPU that ran another mm left mm_cpumask in flush_tlb_func()",
 }
 
 
@@ -46,7 +51,8 @@ class Behaviours:
         return {k: getattr(self, "_" + k) for k in (
             "walker_map", "walker_unmap", "op_end", "entry_write", "free", "alloc_fail", "switch_mm",
             "ipi_send", "xen_mc_deferred", "gp_end", "gup_put", "pt_reclaim", "need_resched",
-            "pmd_changed", "hw_read", "tlbsync", "mmdrop", "free_held", "gup_start", "gup_return")}
+            "pmd_changed", "hw_read", "tlbsync", "mmdrop", "free_held", "gup_start", "gup_return",
+            "flush_ipi_switching", "cr3_load", "cpumask_clear")}
 
     def _walker_map(self, ev: Event, sh: Shadow) -> None:
         self.mapped[ev.cpu] = (ev.a["pfn"], ev.a["gen"])
@@ -117,6 +123,16 @@ class Behaviours:
 
     def _free_held(self, ev: Event, sh: Shadow) -> None:
         self.hit("free-held-by-speculative-ref")
+
+    def _flush_ipi_switching(self, ev: Event, sh: Shadow) -> None:
+        self.hit("flush-ipi-to-switching-cpu")
+
+    def _cr3_load(self, ev: Event, sh: Shadow) -> None:
+        if not ev.a.get("flush", True) and (ev.cpu, ev.a.get("asid", 0)) in sh.ctx_store:
+            self.hit("asid-reloaded-without-flush")
+
+    def _cpumask_clear(self, ev: Event, sh: Shadow) -> None:
+        self.hit("cpumask-trimmed")
 
     def _gup_start(self, ev: Event, sh: Shadow) -> None:
         self.gup_started[ev.cpu] = ev.seq

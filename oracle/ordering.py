@@ -12,6 +12,15 @@ lazy multicall queue, or an INVLPGB that has not landed, pays nothing.  A
 free with a debt outstanding is a violation; so is freeing a table that is
 still linked into the tree.
 
+With ASIDs (x86 PCIDs, arm64 ASIDs) a debt is owed by a (CPU, ASID): the
+CPUs whose hardware runs the mm owe it in their current ASID, and a CPU that
+keeps the mm's entries under an ASID it switched away from owes it there.
+Such an ASID may be invalidated while inactive (INVLPGB and arm64 TLBIs work
+by ASID), or not at all: the kernel catches up when it loads the ASID again
+(x86 ``choose_new_asid()`` flushes when ``tlb_gen`` moved).  So a free with
+a debt owed only in inactive ASIDs is not a violation yet; the debt waits
+(``dormant``), and loading that ASID again without a flush is the violation.
+
 Debts accumulate until the free: a table unhooked by several mms (a shared
 hugetlb PMD table: every sharer but the last unshares it, the last frees
 it), a table unhooked and linked again elsewhere (``mremap()``'s
@@ -34,7 +43,8 @@ from .shadow import Shadow
 class _Debt:
     __slots__ = ("event", "need", "lo", "hi", "table", "mm")
 
-    def __init__(self, event: Event, need: set[int], lo: int, hi: int, table: bool, mm: int) -> None:
+    def __init__(self, event: Event, need: set[tuple[int, int]], lo: int, hi: int, table: bool,
+                 mm: int) -> None:
         self.event = event
         self.need = need
         self.lo = lo
@@ -60,15 +70,26 @@ class OrderingCheck(Check):
         self.debts: dict[tuple[int, int], list[_Debt]] = {}
         #: table -> {(parent pfn, index): the write that linked it there}
         self.linked: dict[tuple[int, int], dict[tuple[int, int], Event]] = {}
+        #: (cpu, asid) -> [(debt, the free)]: debts owed in an ASID that was
+        #: inactive when the frame was freed
+        self.dormant: dict[tuple[int, int], list[tuple[_Debt, Event]]] = {}
 
     def handlers(self) -> dict[str, Handler]:
         return {"entry_write": self.write, "tlb_inv": self.inv, "tlb_inv_all": self.inv_all,
-                "tlb_inv_leaf_all": self.inv_leaf_all, "switch_mm": self.switch, "free": self.free}
+                "tlb_inv_leaf_all": self.inv_leaf_all, "switch_mm": self.switch, "free": self.free,
+                "cr3_load": self.cr3_load}
 
-    def _cpus_on(self, sh: Shadow, mm: int, include_lazy: bool) -> set[int]:
+    def _cpus_on(self, sh: Shadow, mm: int, include_lazy: bool) -> set[tuple[int, int]]:
+        """The (cpu, asid) pairs that may cache an entry of ``mm``: the
+        current ASID of every CPU whose hardware runs it (lazy ones too if
+        asked), and every inactive ASID last loaded for it."""
         pgd = sh.pgd_of_mm.get(mm)
-        return {c for c, p in sh.hw_pgd.items()
-                if c >= 0 and p == pgd and (include_lazy or not sh.lazy.get(c))}
+        cur = sh.cur_asid
+        out = {(c, cur.get(c, 0)) for c, p in sh.hw_pgd.items()
+               if c >= 0 and p == pgd and (include_lazy or not sh.lazy.get(c))}
+        if sh.ctx_mm:
+            out.update(sh.contexts_of(mm))
+        return out
 
     def write(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
@@ -110,25 +131,61 @@ class OrderingCheck(Check):
         a = ev.a
         start, end, stride = a["start"], a["end"], 1 << a.get("stride", PAGE_SHIFT)
         psc = a.get("psc", True)
-        cpu = ev.cpu
+        key = (ev.cpu, a.get("asid", sh.cur_asid.get(ev.cpu, 0)))
+        every_psc = psc == "all"
         for d in self._all():
-            if cpu in d.need and (psc or not d.table) and _hits(start, end, stride, d.lo, d.hi):
-                d.need.discard(cpu)
+            if key in d.need and (psc or not d.table) and \
+                    (every_psc and d.table or _hits(start, end, stride, d.lo, d.hi)):
+                d.need.discard(key)
+        waiting = self.dormant.get(key)
+        if waiting:
+            waiting[:] = [(d, f) for d, f in waiting
+                          if not ((psc or not d.table)
+                                  and (every_psc and d.table or _hits(start, end, stride, d.lo, d.hi)))]
+
+    def _key(self, ev: Event, sh: Shadow) -> tuple[int, int]:
+        return ev.cpu, ev.a.get("asid", sh.cur_asid.get(ev.cpu, 0))
 
     def inv_all(self, ev: Event, sh: Shadow) -> None:
+        key = self._key(ev, sh)
         for d in self._all():
-            d.need.discard(ev.cpu)
+            d.need.discard(key)
+        self.dormant.pop(key, None)
 
     def inv_leaf_all(self, ev: Event, sh: Shadow) -> None:
+        key = self._key(ev, sh)
         for d in self._all():
             if not d.table:
-                d.need.discard(ev.cpu)
+                d.need.discard(key)
+        waiting = self.dormant.get(key)
+        if waiting:
+            waiting[:] = [(d, f) for d, f in waiting if d.table]
 
     def switch(self, ev: Event, sh: Shadow) -> None:
         if ev.a["lazy"]:  # a lazy CPU owes no leaf invalidation (tlb_gen catch-up)
+            key = (ev.cpu, sh.cur_asid.get(ev.cpu, 0))
             for d in self._all():
                 if not d.table:
-                    d.need.discard(ev.cpu)
+                    d.need.discard(key)
+
+    def cr3_load(self, ev: Event, sh: Shadow) -> None:
+        """An ASID loaded again: without a flush, every debt it still owed for
+        a frame freed meanwhile is a violation (the kernel's catch-up did not
+        happen); with one, the debts are paid (the ``tlb_inv_all`` that
+        follows)."""
+        a = ev.a
+        key = (ev.cpu, a.get("asid", 0))
+        waiting = self.dormant.pop(key, None)
+        if not waiting or a.get("flush", True):
+            return
+        for d, free in waiting:
+            what = "table" if d.table else "page"
+            pfn = free.a["pfn"]
+            self.report("ordering", ("dormant", pfn, free.a["gen"], ev.cpu),
+                        f"CPU{ev.cpu} loaded ASID {key[1]} without a flush after {what} pfn {pfn:#x} "
+                        f"(mm{d.mm} va {d.lo:#x}), which that ASID may cache, was freed without "
+                        "an invalidation there",
+                        [d.event, free, ev], pfn=pfn, cpus=(ev.cpu,))
 
     def free(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
@@ -142,11 +199,21 @@ class OrderingCheck(Check):
         debts = self.debts.pop(key, None)
         if not debts:
             return
-        owed = [d for d in debts if d.need]
+        cur = sh.cur_asid
+        owed = []
+        for d in debts:
+            if not d.need:
+                continue
+            active = {k for k in d.need if cur.get(k[0], 0) == k[1]}
+            for k in d.need - active:
+                self.dormant.setdefault(k, []).append((d, ev))
+            if active:
+                d.need = active
+                owed.append(d)
         if not owed:
             return
         d = owed[0]
-        need = sorted({c for x in owed for c in x.need})
+        need = sorted({c for x in owed for c, _ in x.need})
         what = "table" if d.table else "page"
         cpus = ", ".join(f"CPU{c}" for c in need)
         lazy = [c for c in need if sh.lazy.get(c)]

@@ -49,6 +49,12 @@ class Shadow:
         self.tlb: dict[int, dict[int, tuple[int, int, int]]] = {}
         self.psc: dict[int, dict[tuple[int, int], tuple[int, int, int]]] = {}
         self.hw_pgd: dict[int, int] = {}      # cpu -> pgd pfn in the hardware CR3
+        # ASIDs (x86 PCIDs, arm64 ASIDs): tlb/psc above are each agent's
+        # current ASID's entries; another ASID's stay in ctx_store until it is
+        # loaded again (with or without a flush) or invalidated by ASID
+        self.cur_asid: dict[int, int] = {}    # cpu -> the ASID its hardware uses
+        self.ctx_store: dict[tuple[int, int], tuple[dict, dict]] = {}  # (cpu, asid) -> (tlb, psc)
+        self.ctx_mm: dict[tuple[int, int], int] = {}   # (cpu, asid) -> the mm it was loaded for
         self.lazy: dict[int, bool] = {}
         self.current: dict[int, int] = {}     # cpu -> mm of the running task (-1: kthread)
         self.irq_off: dict[int, int] = {}
@@ -209,12 +215,35 @@ class Shadow:
         self.psc.setdefault(ev.cpu, {})[(a["level"], a["prefix"] >> shift)] = (a["pfn"], a["gen"], ev.seq)
         self.fills[(ev.cpu, a["pfn"], a["gen"])] = ev
 
+    def context(self, cpu: int, asid: int | None) -> tuple[dict, dict]:
+        """The (tlb, psc) entries of ``cpu``'s ASID ``asid`` (None: the
+        current one), created empty if need be."""
+        if asid is None or asid == self.cur_asid.get(cpu, 0):
+            return self.tlb.setdefault(cpu, {}), self.psc.setdefault(cpu, {})
+        ctx = self.ctx_store.get((cpu, asid))
+        if ctx is None:
+            ctx = self.ctx_store[(cpu, asid)] = ({}, {})
+        return ctx
+
+    def is_current(self, cpu: int, asid: int) -> bool:
+        return self.cur_asid.get(cpu, 0) == asid
+
+    def contexts_of(self, mm: int) -> list[tuple[int, int]]:
+        """The (cpu, ASID) pairs not current on their CPU that were last
+        loaded for ``mm``: where entries of ``mm`` may wait for the ASID to be
+        loaded again."""
+        cur = self.cur_asid
+        return [key for key, m in self.ctx_mm.items() if m == mm and key[0] >= 0
+                and cur.get(key[0], 0) != key[1]]
+
     def _tlb_inv(self, ev: Event, _sh: object = None) -> None:
         a = ev.a
-        tlb = self.tlb.get(ev.cpu, {})
-        psc = self.psc.get(ev.cpu, {})
+        tlb, psc = self.context(ev.cpu, a.get("asid"))
         step = 1 << a.get("stride", PAGE_SHIFT)
         drop_psc = a.get("psc", True)
+        if drop_psc == "all":
+            psc.clear()
+            drop_psc = False
         addr = a["start"]
         while addr < a["end"]:
             tlb.pop(addr >> PAGE_SHIFT, None)
@@ -224,8 +253,12 @@ class Shadow:
             addr += step
 
     def _tlb_inv_all(self, ev: Event, _sh: object = None) -> None:
-        self.tlb.pop(ev.cpu, None)
-        self.psc.pop(ev.cpu, None)
+        asid = ev.a.get("asid")
+        if asid is None or asid == self.cur_asid.get(ev.cpu, 0):
+            self.tlb.pop(ev.cpu, None)
+            self.psc.pop(ev.cpu, None)
+        else:
+            self.ctx_store.pop((ev.cpu, asid), None)
 
     def _tlb_inv_leaf_all(self, ev: Event, _sh: object = None) -> None:
         self.tlb.pop(ev.cpu, None)
@@ -244,7 +277,30 @@ class Shadow:
                 del psc[key]
 
     def _cr3_load(self, ev: Event, _sh: object = None) -> None:
-        self.hw_pgd[ev.cpu] = ev.a["pfn"]
+        """The hardware switches to ASID ``asid`` (0 without ASIDs): the
+        current entries are kept under the old ASID, the new ASID's come
+        back (a flush of them is the ``tlb_inv_all`` that follows).  A CPU
+        whose CR3 now holds another pgd has left lazy-TLB mode, whatever the
+        kernel bookkeeping says (inside switch_mm_irqs_off())."""
+        a = ev.a
+        cpu = ev.cpu
+        asid = a.get("asid", 0)
+        cur = self.cur_asid.get(cpu, 0)
+        if asid != cur:
+            t = self.tlb.pop(cpu, None)
+            p = self.psc.pop(cpu, None)
+            if t or p:
+                self.ctx_store[(cpu, cur)] = (t or {}, p or {})
+            t, p = self.ctx_store.pop((cpu, asid), (None, None))
+            if t:
+                self.tlb[cpu] = t
+            if p:
+                self.psc[cpu] = p
+            self.cur_asid[cpu] = asid
+        if self.hw_pgd.get(cpu) != a["pfn"]:
+            self.lazy[cpu] = False
+        self.hw_pgd[cpu] = a["pfn"]
+        self.ctx_mm[(cpu, asid)] = a.get("mm", self.mm_of.get(a["pfn"], -1))
 
     def _switch_mm(self, ev: Event, _sh: object = None) -> None:
         self.lazy[ev.cpu] = bool(ev.a["lazy"])

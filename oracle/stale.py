@@ -7,6 +7,16 @@ still *exists* when the frame is freed (the hardware may use it any time:
 speculatively, from a lazy-TLB CPU, or a device at will).  Leaf entries on a
 lazy-TLB CPU are exempt at free time: x86 never accesses user memory in lazy
 mode and catches up through ``tlb_gen`` before it does.
+
+Entries of an ASID that is not current on its CPU (a PCID or arm64 ASID the
+CPU switched away from) are exempt at free time too: the hardware uses only
+the current ASID's entries, and the kernel catches up before loading that
+ASID again (x86: ``choose_new_asid()`` flushes when ``tlb_gen`` moved; arm64:
+a TLBI by ASID reaches every CPU).  The existence check moves to the moment
+they become usable again: an ASID loaded without a flush, or a lazy CPU
+resuming its mm without one, while an entry of it still points to a freed
+frame, is a violation ("a stale translation survived a switch away and
+back").
 """
 
 from __future__ import annotations
@@ -27,7 +37,45 @@ def _agent(a: int) -> str:
 class StaleCheck(Check):
     def handlers(self) -> dict[str, Handler]:
         return {"tlb_use": self.tlb_use, "hw_read": self.hw_read, "spte_use": self.spte_use,
-                "free": self.free}
+                "free": self.free, "cr3_load": self.cr3_load, "switch_mm": self.switch_mm}
+
+    def _revived(self, ev: Event, sh: Shadow, tlb: dict, psc: dict, how: str) -> None:
+        """Entries that become usable again without a flush: each must point
+        to a frame still in the generation it was filled for."""
+        cpu = ev.cpu
+        for vpn, (pfn, gen, _) in tlb.items():
+            if not sh.live(pfn, gen):
+                self.report("stale-tlb", (cpu, pfn, gen),
+                            f"CPU{cpu} {how} with a TLB entry for va {vpn << 12:#x} to pfn {pfn:#x}, "
+                            "freed since: a stale translation survived a switch away and back",
+                            [sh.fills.get((cpu, pfn, gen)), sh.pte_clears.get((pfn, gen)),
+                             sh.frees.get((pfn, gen)), ev], pfn=pfn, va=vpn << 12, agent=cpu)
+        for pfn, gen, _ in psc.values():
+            if not sh.is_table(pfn, gen):
+                self.report("stale-psc", (cpu, pfn, gen),
+                            f"CPU{cpu} {how} with a paging-structure-cache entry to table pfn "
+                            f"{pfn:#x}, freed since: it survived a switch away and back",
+                            [sh.fills.get((cpu, pfn, gen)), sh.unhooks.get((pfn, gen)),
+                             sh.frees.get((pfn, gen)), ev], pfn=pfn, agent=cpu)
+
+    def cr3_load(self, ev: Event, sh: Shadow) -> None:
+        a = ev.a
+        if a.get("flush", True) or ev.cpu < 0:
+            return
+        asid = a.get("asid", 0)
+        if sh.is_current(ev.cpu, asid):
+            return
+        ctx = sh.ctx_store.get((ev.cpu, asid))
+        if ctx is not None:
+            self._revived(ev, sh, ctx[0], ctx[1], f"loaded ASID {asid} without a flush")
+
+    def switch_mm(self, ev: Event, sh: Shadow) -> None:
+        a = ev.a
+        if a["lazy"] or a.get("flush", True) or not sh.lazy.get(ev.cpu):
+            return
+        # a lazy CPU resuming its mm without a flush (tlb_gen unchanged): its
+        # leaf entries, exempt while it was lazy, are usable again
+        self._revived(ev, sh, sh.tlb.get(ev.cpu, {}), {}, "left lazy TLB mode")
 
     def tlb_use(self, ev: Event, sh: Shadow) -> None:
         a = ev.a

@@ -15,9 +15,13 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     "stale-tlb": (
         "I3", "STALE-TLB",
         "Flags a CPU that translated through a leaf TLB entry whose page had been freed or "
-        "reused, and a leaf entry still present on a CPU running the mm when its page is freed. "
-        "Not flagged: a leaf entry left on a lazy-TLB CPU (x86 never touches user memory in lazy "
-        "mode and catches up through tlb_gen before it does), and a stale leaf to a page that is "
+        "reused, a leaf entry still present on a CPU running the mm when its page is freed, and "
+        "one that becomes usable again without a flush after its page was freed (an ASID/PCID "
+        "loaded again, a lazy CPU resuming its mm: the translation survived a switch away and "
+        "back). Not flagged: a leaf entry left on a lazy-TLB CPU (x86 never touches user memory "
+        "in lazy mode and catches up through tlb_gen before it does), one kept under an ASID "
+        "the CPU is not using (the hardware uses only the current ASID's entries; x86 "
+        "choose_new_asid() flushes it if tlb_gen moved), and a stale leaf to a page that is "
         "still allocated (a GUP pin or a speculative reference keeps it; a free is a reference "
         "drop). Every CPU running the mm must have its entry invalidated, and the invalidation "
         "completed, between clearing the PTE and freeing the page: unhook < invalidate < free "
@@ -26,10 +30,12 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     "stale-psc": (
         "I1", "STALE-PSC",
         "Flags a paging-structure-cache entry, a hardware walk step or a CR3 that still referred "
-        "to a page-table page when that page went back to the allocator; a hardware walk "
-        "through it (speculative ones and lazy-TLB CPUs included) reads whatever now occupies "
-        "the frame. Not flagged: entries to a table that is unhooked but not yet freed (the "
-        "hardware may walk a detached table harmlessly until it is reused). The freeing path "
+        "to a page-table page when that page went back to the allocator, or that becomes usable "
+        "again without a flush afterwards (its ASID loaded again); a hardware walk through it "
+        "(speculative ones and lazy-TLB CPUs included) reads whatever now occupies the frame. "
+        "Not flagged: entries to a table that is unhooked but not yet freed (the hardware may "
+        "walk a detached table harmlessly until it is reused), and entries kept under an ASID "
+        "the CPU is not using (they cannot be walked until it is loaded again). The freeing path "
         "must invalidate the paging-structure caches of every CPU that could hold the table "
         "before it is freed (freed_tables flush, b956575bed91, tlb_table_invalidate()).",
     ),
@@ -72,11 +78,14 @@ CHECKS: dict[str, tuple[str, str, str]] = {
         "Flags a page or page-table page freed before an invalidation covering it had "
         "completed on every CPU that could cache it since it was unhooked, whether or not a "
         "stale entry happened to exist: for a table, every CPU with the mm loaded in CR3 "
-        "(lazy-TLB CPUs included); for a data page, every CPU running the mm. A flush still "
-        "queued (Xen lazy mode), still in flight (INVLPGB before TLBSYNC) or that skipped a CPU "
-        "does not count. Not flagged: CPUs that could not have cached the entry since the "
-        "unhook (the mm not in their CR3, or only lazily for a leaf), and a free deferred by a "
-        "reference (the page is freed, and judged, at the last put).",
+        "(lazy-TLB CPUs included); for a data page, every CPU running the mm; with ASIDs, also "
+        "every CPU keeping the mm under an ASID it switched away from, whose debt is judged when "
+        "it loads that ASID again (without a flush: a violation). A flush still queued (Xen lazy "
+        "mode), still in flight (INVLPGB before TLBSYNC) or that skipped a CPU does not count. "
+        "Not flagged: CPUs that could not have cached the entry since the unhook (the mm not in "
+        "their CR3 or ASIDs, or only lazily for a leaf), a free while the debt is owed only "
+        "under an inactive ASID, and a free deferred by a reference (the page is freed, and "
+        "judged, at the last put).",
     ),
     "accounting": (
         "I11", "ACCOUNTING",

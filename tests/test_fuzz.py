@@ -39,7 +39,7 @@ def run_fuzz(capsys, *argv):
 
 
 def test_direct_on_xen_pv_finds_the_gup_fast_uaf_and_writes_a_replayable_reproducer(capsys, tmp_path):
-    code, out, _ = run_fuzz(capsys, "--strategy", "direct", "--platform", "xen-pv", "--runs", "6", "--seed", "0",
+    code, out, _ = run_fuzz(capsys, "--strategy", "direct", "--platform", "xen-pv", "--runs", "20", "--seed", "0",
                         "--jobs", "1", "--out", str(tmp_path), "--minimize-attempts", "2000", "--format", "json")
     assert code == 1
     data = json.loads(out)
@@ -70,7 +70,7 @@ def test_full_rcu_on_every_platform_finds_nothing(capsys, tmp_path):
 
 
 def test_a_second_run_does_not_rewrite_a_known_finding(capsys, tmp_path):
-    args = ["--strategy", "direct", "--platform", "xen-pv", "--runs", "6", "--seed", "0", "--jobs", "1",
+    args = ["--strategy", "direct", "--platform", "xen-pv", "--runs", "20", "--seed", "0", "--jobs", "1",
             "--out", str(tmp_path), "--minimize-attempts", "2000", "--format", "json"]
     run_fuzz(capsys, *args)
     files = sorted(tmp_path.iterdir())
@@ -84,11 +84,11 @@ def test_a_second_run_does_not_rewrite_a_known_finding(capsys, tmp_path):
 
 
 def test_text_summary(capsys, tmp_path):
-    code, out, _ = run_fuzz(capsys, "--strategy", "direct", "--platform", "xen-pv", "--runs", "6", "--jobs", "1",
+    code, out, _ = run_fuzz(capsys, "--strategy", "direct", "--platform", "xen-pv", "--runs", "20", "--jobs", "1",
                         "--out", str(tmp_path), "--minimize-attempts", "2000")
     assert code == 1
     assert out.startswith("shootdown fuzz: engine random, length 128, seed 0, 1 job")
-    assert "xen-pv [direct]: 6 programs" in out and "behaviours" in out
+    assert "xen-pv [direct]: 20 programs" in out and "behaviours" in out
     assert "U direct: table-uaf  -> " in out and "violations: " in out
 
 
@@ -153,7 +153,8 @@ def test_stop_flag_keeps_findings_and_prints_summary(tmp_path):
     summary = s.run()
     assert summary.interrupted and summary.exit_code == 1
     c = summary.cells[0]
-    assert c.stats.programs < 1000 and len(c.findings) == 1 and Path(c.findings[0].file).exists()
+    # the units already run when the flag was set may hold more than one finding
+    assert c.stats.programs < 1000 and c.findings and all(Path(f.file).exists() for f in c.findings)
 
 
 def test_stopped_clean_run_exits_130(tmp_path):

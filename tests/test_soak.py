@@ -26,7 +26,7 @@ def test_soak_runs_every_safe_on_cell_and_reports(tmp_path: Path, capsys):
     assert rc == 0, out
     for env in ("native", "xen-pv", "broadcast", "native+lazy", "native+pt-reclaim+batch-fail"):
         assert f"\n{env} " in out
-    assert "total: 60 programs, 0 violations" in out  # 10 cells x 2 seeds x 3 programs
+    assert "total: 66 programs, 0 violations" in out  # 11 cells x 2 seeds x 3 programs
     assert "seed 11" in out and "seed 12" in out
 
 

@@ -56,12 +56,16 @@ def init(m) -> None:
 
 def rar_handle(target: Cpu, info: FlushTlbInfo) -> None:
     """What the target's microcode does with one payload: invalidate the
-    range (or everything) tagged with the mm's PCID.  MODEL: without PCIDs,
-    only a CPU whose CR3 holds the mm (running it, or lazy) has entries for
+    range (or everything) tagged with the mm's PCID.  MODEL: this platform
+    declares no ``pcid`` option, so it runs without PCIDs: only a CPU whose
+    CR3 holds the mm (running it, lazy, or mid-switch to it) has entries for
     it."""
     h = target.m.h
     why = f"rar {info.id}"
-    if target.loaded_mm is not info.mm:
+    pgd = info.mm.pgd
+    if pgd is None or target.cr3_pfn != pgd.pfn:
+        # what the microcode sees is the hardware's CR3, not loaded_mm (which
+        # reads LOADED_MM_SWITCHING while switch_mm_irqs_off() changes CR3)
         h.emit(target.id, "rar_done", id=info.id, effect="other mm loaded: nothing cached")
         return
     if info.end == TLB_FLUSH_ALL:

@@ -39,6 +39,8 @@ FLIP_LABELS: dict[str, str] = {
     "invlpgb.delay": "a broadcast invalidation in flight has not yet reached this CPU",
     "pmd_trylock_fails:pt_reclaim": "spin_trylock() of the PMD lock fails in "
     "try_get_and_clear_pmd() (PT_RECLAIM fast path)",
+    "tlb.trim_cpumask": "x86 flush_tlb_mm_range(): the once-a-second mm_cpumask trim is due "
+    "(should_trim_cpumask()): CPUs in the mask that run another mm get the IPI and leave the mask",
 }
 
 
@@ -241,6 +243,7 @@ DEFAULT_BIASES = {
     "need_resched:zap_pte_range": 0.2,
     "invlpgb.delay": 0.5,
     "pmd_trylock_fails:pt_reclaim": 0.2,
+    "tlb.trim_cpumask": 0.25,
 }
 
 

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 Step = Generator[str, None, Any]
 
+#: arch/x86/include/asm/tlbflush.h: TLB_NR_DYN_ASIDS, the per-CPU dynamic ASIDs
+TLB_NR_DYN_ASIDS = 6
+
 
 class Vma:
     __slots__ = ("start", "end")
@@ -79,7 +82,9 @@ class Mm:
 
     @property
     def name(self) -> str:
-        return "init_mm" if self.id < 0 else f"mm{self.id}"
+        if self.id < 0:
+            return "init_mm" if self.id == -1 else "LOADED_MM_SWITCHING"
+        return f"mm{self.id}"
 
     def find_vma(self, addr: int) -> Vma | None:
         for v in self.vmas:
@@ -92,8 +97,9 @@ class Cpu:
     __slots__ = (
         "id", "m", "irq_off", "rcu_nesting", "preempt_count", "rcu_sid",
         "current_mm", "active_mm", "loaded_mm", "is_lazy", "cr3_pfn", "cr3_gen",
-        "tlb", "psc", "local_tlb_gen", "ipi", "gen", "wait", "label", "done",
+        "tlb", "psc", "ipi", "gen", "wait", "label", "done",
         "pv", "op_index", "ops", "lazy_mmu", "op_mm", "in_irq",
+        "loaded_mm_asid", "next_asid", "ctxs", "hw_asid", "asid_caches",
     )
 
     def __init__(self, cpu_id: int, machine: Machine) -> None:
@@ -109,9 +115,17 @@ class Cpu:
         self.is_lazy = False               # cpu_tlbstate_shared.is_lazy
         self.cr3_pfn = 0                   # what the hardware walker uses
         self.cr3_gen = 0
+        # the hardware's caches of the current ASID (PCID); every ASID's in
+        # asid_caches (the hardware keeps entries of inactive ASIDs)
         self.tlb: dict[int, tuple[int, int, bool]] = {}        # vpn -> (pfn, gen, rw)
         self.psc: dict[tuple[int, int], tuple[int, int]] = {}  # (level, prefix) -> (pfn, gen)
-        self.local_tlb_gen = 0
+        self.hw_asid = 0
+        self.asid_caches: dict[int, tuple[dict, dict]] = {0: (self.tlb, self.psc)}
+        # cpu_tlbstate: loaded_mm_asid, next_asid, ctxs[]: [ctx mm, tlb_gen]
+        # (initialize_tlbstate_and_flush(): ASID 0 holds the boot mm)
+        self.loaded_mm_asid = 0
+        self.next_asid = 1
+        self.ctxs: list[list[Any]] = [[None, 0] for _ in range(TLB_NR_DYN_ASIDS)]
         self.ipi: deque[Any] = deque()
         self.gen: Iterator[str] | None = None
         self.wait: Callable[[], bool] | None = None

@@ -25,11 +25,11 @@ from .history import HW, History
 from .page_alloc import DATA, FREE, TABLE, Frame, Frames
 from .pgtable import LEVEL_SHIFT, PAGE_SHIFT, entry_pfn, entry_present, garbage_entry, is_table_entry
 from .pgtable_generic import Ptr
+from .platform import platform_options
 from .plugin import Ops
 from .program import Op, Program
 from .rcu import Rcu
 from .smp import deliver_ipi
-from .tlbflush import switch_mm_irqs_off
 
 OpFn = Callable[[Cpu, Op], Step]
 
@@ -86,6 +86,11 @@ class Machine:
         self.steps = 0
         self.pv: dict[str, Any] = {}
         self.outcome = "running"
+        #: the platform's options (its OPTIONS defaults, then the program's
+        #: env.options); x86 code reads the two it needs as attributes
+        self.popts: dict[str, str] = platform_options(platform, program.env)
+        self.pcid = self.popts.get("pcid") == "on"
+        self.invlpg_all_psc = self.popts.get("invlpg") == "intel"
 
     # -- memory accesses that the oracle checks ------------------------------
 
@@ -155,10 +160,12 @@ class Machine:
         for c in self.cpus:
             c.loaded_mm = self.init_mm
             c.active_mm = self.init_mm
+            c.ctxs[0] = [self.init_mm, self.init_mm.tlb_gen]
             start = p.start_of(c.id)
             if start is not None:
                 mm = self.mms[start]
-                switch_mm_irqs_off(c, mm, why="boot")
+                for _ in self.P.switch_mm_irqs_off(c, mm, "boot"):
+                    pass  # no other CPU runs at boot
                 c.current_mm = mm
                 c.active_mm = mm
                 h.emit(c.id, "context_switch", to=mm.id)

@@ -12,7 +12,12 @@ required
 optional
   ``mm_global_asid(mm) -> bool`` and ``broadcast_tlb_flush(cpu, info)``: a
   broadcast flush (INVLPGB/TLBI) used for every flush of such an mm.
-  ``load_cr3(cpu, mm)``: the CR3 write of a switch (default: immediate, flushes).
+  ``switch_mm_irqs_off(cpu, next, why)``: load ``next`` on this CPU (generator;
+  default: x86's, with PCIDs, ``LOADED_MM_SWITCHING`` and ``tlb_gen``).
+  ``choose_new_asid(cpu, next, next_tlb_gen) -> (asid, need_flush)``: which
+  ASID x86's switch loads (default: the per-CPU dynamic ASIDs).
+  ``load_cr3(cpu, mm, asid, need_flush)``: the CR3 write of a switch (default:
+  immediate; flushes the ASID if ``need_flush``).
   ``set_pxd(cpu, ptr, val, why)``: write an upper-level entry
   (``set_pmd``/``set_pud``/``set_p4d``; default: a plain store).
   ``alloc_pte/alloc_pmd/alloc_pud(cpu, mm, frame)``,
@@ -33,17 +38,21 @@ optional
 
 Module attributes: ``NAME`` (required); ``IMPLIES_IPI_BROADCAST`` (True if
 ``flush_tlb_multi`` is a synchronous IPI every target must take, what
-``tlb_table_flush_implies_ipi_broadcast()`` asks).
+``tlb_table_flush_implies_ipi_broadcast()`` asks); ``OPTIONS`` (the
+platform's options: ``{name: (default, (allowed values...), doc)}``, chosen per
+program with ``env.options``; x86 code reads ``pcid`` (``on``/``off``, default
+off) and ``invlpg`` (``amd-tce``/``intel``)).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from .mmu_gather import x86_tlb_flush
 from .plugin import Hook, Ops, PluginError, build_ops, load_module_file
-from .tlbflush import native_load_cr3
+from .tlbflush import choose_new_asid, native_load_cr3, switch_mm_irqs_off
 
 
 def generic_tlb_needs_table_invalidate() -> bool:
@@ -55,6 +64,8 @@ HOOKS = [
     Hook("flush_tlb_multi", True, True, None, "run flush_tlb_func() on the CPUs of a mask"),
     Hook("mm_global_asid", False, False, None, "does this mm use broadcast flushes"),
     Hook("broadcast_tlb_flush", False, True, None, "a broadcast flush"),
+    Hook("switch_mm_irqs_off", False, True, switch_mm_irqs_off, "load another mm on this CPU"),
+    Hook("choose_new_asid", False, False, choose_new_asid, "the ASID a switch loads, and whether to flush it"),
     Hook("load_cr3", False, False, native_load_cr3, "the CR3 write of a switch"),
     Hook("set_pxd", False, False, None, "write an upper-level entry"),
     Hook("alloc_pte", False, False, None, "paravirt_alloc_pte()"),
@@ -86,7 +97,41 @@ def load_platform_module(module: ModuleType, source: str | None = None) -> Ops:
         raise PluginError(f"{ops.source}: platform {ops.name!r} must define both mm_global_asid() and "
                           "broadcast_tlb_flush(), or neither")
     ops.meta["implies_ipi_broadcast"] = bool(getattr(module, "IMPLIES_IPI_BROADCAST", False))
+    ops.meta["options"] = _options(ops, getattr(module, "OPTIONS", {}))
     return ops
+
+
+def _options(ops: Ops, raw: Any) -> dict[str, tuple[str, tuple[str, ...], str]]:
+    if not isinstance(raw, dict):
+        raise PluginError(f"{ops.source}: OPTIONS must be a dict {{name: (default, (values...), doc)}}")
+    out = {}
+    for name, spec in raw.items():
+        ok = (isinstance(name, str) and isinstance(spec, tuple) and len(spec) == 3
+              and isinstance(spec[0], str) and isinstance(spec[1], tuple)
+              and all(isinstance(v, str) for v in spec[1]) and spec[0] in spec[1])
+        if not ok:
+            raise PluginError(f"{ops.source}: OPTIONS[{name!r}] must be (default, (allowed values...), "
+                              "doc) with the default among the values")
+        out[name] = spec
+    return out
+
+
+def platform_options(platform: Ops, env: Any) -> dict[str, str]:
+    """The options a run uses: the platform's defaults, then the program's
+    ``env.options``.  An option the platform does not declare, or a value it
+    does not allow, is refused (``ValueError``)."""
+    declared = platform.meta.get("options", {})
+    got = {name: spec[0] for name, spec in declared.items()}
+    for name, value in getattr(env, "options", ()):
+        spec = declared.get(name)
+        if spec is None:
+            known = ", ".join(sorted(declared)) or "none"
+            raise ValueError(f"platform {platform.name!r} has no option {name!r} (its options: {known})")
+        if value not in spec[1]:
+            raise ValueError(f"platform {platform.name!r}: option {name} must be one of "
+                             f"{', '.join(spec[1])}, not {value!r}")
+        got[name] = value
+    return got
 
 
 def load_platform_file(path: str | Path) -> Ops:

@@ -71,12 +71,16 @@ class Env:
     ``skip_mmu_notifiers``: fault injection, zap paths skip the mmu notifiers
     (the class of bug fixed by fd1102f0aade "mm: mmu_notifier fix for
     tlb_end_vma").
+    ``options``: the platform's options, ``((name, value), ...)`` sorted by
+    name (``OPTIONS`` of the platform module: native's ``pcid``, ``invlpg``;
+    Xen's ``type_change_flush``...); unset ones take the platform's default.
     """
 
     pt_reclaim: str = "off"
     kvm: bool = False
     iommu: bool = False
     skip_mmu_notifiers: bool = False
+    options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@
 ``prepare_task_switch()`` (Xen: ``xen_start_context_switch()``, lazy CPU mode,
 so the CR3 write below is only queued), then either ``enter_lazy_tlb()`` for a
 kernel thread, which borrows the previous ``active_mm`` and keeps it loaded, or
-``switch_mm_irqs_off()``; a preemption point (still IRQs off); then
+the platform's ``switch_mm_irqs_off()`` (x86's has preemption points inside,
+IRQs off: the ``LOADED_MM_SWITCHING`` window); a preemption point (still IRQs
+off); then
 ``finish_task_switch()``: Xen ``xen_end_context_switch()`` issues the queued
 multicall, and a borrowed lazy mm is dropped (``mmdrop_lazy_tlb()``).
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from .cpu import Cpu, Mm, Step, local_irq_disable, local_irq_enable, wait_until
 from .mmap import exit_mmap, mmdrop_check
-from .tlbflush import enter_lazy_tlb, switch_mm_irqs_off
+from .tlbflush import enter_lazy_tlb
 
 
 def context_switch(cpu: Cpu, next_mm: Mm | None) -> Step:
@@ -33,7 +35,7 @@ def context_switch(cpu: Cpu, next_mm: Mm | None) -> Step:
     if next_mm is None:
         enter_lazy_tlb(cpu)  # the kernel thread borrows prev->active_mm
     else:
-        switch_mm_irqs_off(cpu, next_mm, why="context_switch")
+        yield from P.switch_mm_irqs_off(cpu, next_mm, "context_switch")
         if cpu.current_mm is None and prev_active is not next_mm:
             drop = prev_active  # rq->prev_mm: mmdrop_lazy_tlb() in finish_task_switch()
         cpu.active_mm = next_mm

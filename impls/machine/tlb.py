@@ -13,14 +13,27 @@ happen whenever CR3 holds a user mm, lazy-TLB mode included) starts from the
 deepest PSC hit, else from CR3, reads table memory, and fills the PSC and,
 for a present leaf, the TLB.
 
-Invalidation follows INVLPG with AMD's Translation Cache Extension: a
-single-address invalidation drops the leaf entry and the PSC entries on that
-address's translation path; a full flush (CR3 write, INVPCID all, or a range
-above ``tlb_single_page_flush_ceiling``) drops everything.
+Entries are tagged with the ASID (PCID, arm64 ASID, powerpc PID) current
+when they were filled: ``cpu.asid_caches`` maps every ASID to its TLB and PSC,
+``cpu.tlb``/``cpu.psc`` are the current one's.  The hardware uses, and walks
+speculatively into, the current ASID's entries only (SDM 4.10.1: "cached
+information associated with the current PCID"); entries of another ASID stay
+until a write of that ASID with a flush, or an invalidation by ASID
+(INVLPGB, arm64 TLBI ... ASID), removes them.  :func:`hw_load_context` is the
+CR3 / TTBR0 write.
 
-MODEL: no PCIDs (a CR3 write flushes all non-global entries); no A/D-bit
-updates; Intel's stronger INVLPG (which drops every PSC entry of the PCID)
-is not used, because the weaker TCE behaviour exposes more bugs.
+INVLPG (one address, current ASID) drops the leaf entry and, for the
+paging-structure caches, what the CPU vendor says: with AMD's Translation
+Cache Extension (APM, EFER.TCE; Linux sets it where present since
+440a65b7d25f, v6.15) only the entries on that address's translation path; on
+Intel (SDM 4.10.4.1) every paging-structure-cache entry of the current PCID,
+"regardless of the linear addresses to which they correspond".  The platform
+option ``invlpg`` chooses (``amd-tce``, the weaker, by default).  A full flush
+(a CR3 write without NOFLUSH, INVPCID single-context) drops the ASID's whole
+TLB and PSC.
+
+MODEL: no A/D-bit updates; no global (kernel) entries; AMD without TCE (which
+drops every PSC entry, like Intel) is the ``intel`` choice.
 """
 
 from __future__ import annotations
@@ -110,28 +123,62 @@ def hw_walk(cpu: Cpu, agent: int, tlb: dict, psc: dict, root_pfn: int, root_gen:
         pfn, gen = child, cf.gen
 
 
-def invlpg(agent: int, h, tlb: dict, psc: dict, va: int, why: str, emit: bool = True) -> None:
-    """INVLPG (with TCE): the leaf for ``va`` and the PSC entries on its path."""
+def invlpg(agent: int, h, tlb: dict, psc: dict, va: int, why: str, emit: bool = True,
+           all_psc: bool = False, asid: int | None = None) -> None:
+    """INVLPG: the leaf for ``va`` and, with TCE, the PSC entries on its path;
+    with ``all_psc`` (Intel), every PSC entry of the ASID.  ``asid`` names the
+    ASID when it is not the agent's current one (an invalidation by ASID)."""
     tlb.pop(va >> PAGE_SHIFT, None)
-    for lvl, shift in PSC_LEVELS:
-        psc.pop((lvl, va >> shift), None)
+    if all_psc:
+        psc.clear()
+    else:
+        for lvl, shift in PSC_LEVELS:
+            psc.pop((lvl, va >> shift), None)
     if emit:
-        h.emit(agent, "tlb_inv", start=va, end=va + (1 << PAGE_SHIFT), stride=PAGE_SHIFT, psc=True,
-               why=why)
+        a = {"start": va, "end": va + (1 << PAGE_SHIFT), "stride": PAGE_SHIFT,
+             "psc": "all" if all_psc else True, "why": why}
+        if asid is not None:
+            a["asid"] = asid
+        h.emit_attrs(agent, "tlb_inv", a)
 
 
 def invalidate_range(agent: int, h, tlb: dict, psc: dict, start: int, end: int, stride_shift: int,
-                     why: str) -> None:
+                     why: str, all_psc: bool = False, asid: int | None = None) -> None:
     """flush_tlb_func()'s partial flush: one INVLPG per stride in [start, end)."""
     addr = start
     step = 1 << stride_shift
     while addr < end:
-        invlpg(agent, h, tlb, psc, addr, why, emit=False)
+        invlpg(agent, h, tlb, psc, addr, why, emit=False, all_psc=all_psc)
         addr += step
-    h.emit(agent, "tlb_inv", start=start, end=end, stride=stride_shift, psc=True, why=why)
+    a = {"start": start, "end": end, "stride": stride_shift, "psc": "all" if all_psc else True,
+         "why": why}
+    if asid is not None:
+        a["asid"] = asid
+    h.emit_attrs(agent, "tlb_inv", a)
 
 
-def flush_all(agent: int, h, tlb: dict, psc: dict, why: str) -> None:
+def flush_all(agent: int, h, tlb: dict, psc: dict, why: str, asid: int | None = None) -> None:
+    """Every entry of one ASID (the agent's current one unless ``asid``)."""
     tlb.clear()
     psc.clear()
-    h.emit(agent, "tlb_inv_all", why=why)
+    if asid is None:
+        h.emit(agent, "tlb_inv_all", why=why)
+    else:
+        h.emit(agent, "tlb_inv_all", why=why, asid=asid)
+
+
+def hw_load_context(cpu: Cpu, pfn: int, gen: int, mm_id: int, asid: int, flush: bool, why: str) -> None:
+    """The CR3 (TTBR0) write: the hardware walks from table ``pfn`` and tags
+    what it caches with ``asid``, whose entries it uses from now on; ``flush``
+    drops them first (a CR3 write without NOFLUSH: without PCIDs, always)."""
+    caches = cpu.asid_caches
+    ctx = caches.get(asid)
+    if ctx is None:
+        ctx = caches[asid] = ({}, {})
+    cpu.tlb, cpu.psc = ctx
+    cpu.hw_asid = asid
+    cpu.cr3_pfn, cpu.cr3_gen = pfn, gen
+    h = cpu.m.h
+    h.emit(cpu.id, "cr3_load", pfn=pfn, gen=gen, mm=mm_id, asid=asid, flush=flush)
+    if flush:
+        flush_all(cpu.id, h, ctx[0], ctx[1], why)

@@ -38,10 +38,15 @@ from impls.machine.pgtable import PAGE_SIZE, entry_pfn, is_table_entry
 from impls.machine.pgtable_generic import Ptr
 from impls.machine.smp import smp_call_function_many
 from impls.machine.tlb import flush_all, invlpg
-from impls.machine.tlbflush import TLB_FLUSH_ALL, FlushTlbInfo, set_hw_cr3, switch_mm_irqs_off
+from impls.machine.tlbflush import TLB_FLUSH_ALL, FlushTlbInfo, set_hw_cr3, switch_mm_irqs_off_now
 
 NAME = "xen-pv"
 IMPLIES_IPI_BROADCAST = False
+OPTIONS = {
+    "invlpg": ("amd-tce", ("amd-tce", "intel"),
+               "what Xen's INVLPG (MMUEXT_INVLPG_MULTI) drops from the paging-structure caches: "
+               "the address's path (AMD with TCE) or every entry (Intel)"),
+}
 
 XEN_LAZY_NONE, XEN_LAZY_MMU, XEN_LAZY_CPU = 0, 1, 2
 
@@ -126,7 +131,7 @@ def flush_tlb_multi(cpu: Cpu, cpumask: int, info: FlushTlbInfo) -> Step:
         for t in targets:
             tc = m.cpus[t]
             if single:
-                invlpg(t, m.h, tc.tlb, tc.psc, info.start, why)
+                invlpg(t, m.h, tc.tlb, tc.psc, info.start, why, all_psc=m.invlpg_all_psc)
             else:
                 flush_all(t, m.h, tc.tlb, tc.psc, why)
 
@@ -141,9 +146,11 @@ def set_current_cr3(cpu: Cpu, cr3: tuple[int, int]) -> None:
     cpu.m.h.emit(cpu.id, "xen_current_cr3", pfn=cr3[0])
 
 
-def load_cr3(cpu: Cpu, mm: Mm) -> None:
+def load_cr3(cpu: Cpu, mm: Mm, asid: int, need_flush: bool) -> None:
     """xen_write_cr3(): the logical cr3 changes now; the hypercall (and with it
-    the effective cr3 the hardware walks) is queued in lazy CPU mode."""
+    the effective cr3 the hardware walks) is queued in lazy CPU mode.  No
+    PCIDs under Xen PV (``xen_init_capabilities()`` clears X86_FEATURE_PCID):
+    the ASID is always 0 and Xen's CR3 write flushes."""
     m = cpu.m
     new = (mm.pgd.pfn, mm.pgd_gen) if mm.pgd is not None else (0, 0)
     cpu.pv["xen_cr3"] = new
@@ -274,7 +281,7 @@ def xen_pgd_unpin(cpu: Cpu, mm: Mm) -> None:
 def drop_mm_ref_this_cpu(cpu: Cpu, mm: Mm) -> None:
     """arch/x86/xen/mmu_pv.c: drop_mm_ref_this_cpu()."""
     if cpu.loaded_mm is mm:
-        switch_mm_irqs_off(cpu, cpu.m.init_mm, why="leave_mm (xen_drop_mm_ref)")
+        switch_mm_irqs_off_now(cpu, cpu.m.init_mm, "leave_mm (xen_drop_mm_ref)")
     if cpu.pv["xen_current_cr3"][0] == mm.pgd.pfn:
         xen_mc_flush(cpu)
 

@@ -56,7 +56,7 @@ NAME = "semi-rcu"
 KERNEL = "MMU_GATHER_RCU_TABLE_FREE, !PT_RECLAIM (x86 PARAVIRT guests v4.19-v6.13)"
 SAFE_ON = ("native", "xen-pv", "broadcast", "native+batch-fail", "xen-pv+batch-fail",
            "broadcast+batch-fail", "native+lazy",
-           "native+secondary-mmu")
+           "native+secondary-mmu", "native+switch")
 
 
 class MmuTableBatch:
