@@ -35,7 +35,7 @@ import yaml
 from impls import registry
 from impls.machine.choices import FLIP_LABELS, RCU, SchedEntry, Schedule
 from impls.machine.pgtable import PAGE_SIZE, TASK_SIZE
-from impls.machine.program import OP_KINDS, PT_RECLAIM_MODES, Env, Op, Program
+from impls.machine.program import FILE_KINDS, OP_KINDS, OPTIONAL_ARGS, PT_RECLAIM_MODES, Env, Op, Program
 from oracle.verdict import CHECKS
 
 try:  # libyaml: parses large files an order of magnitude faster
@@ -216,7 +216,8 @@ def _list(ctx: _Ctx, path: tuple, v: Any, what: str) -> list:
     return v
 
 
-def _op(ctx: _Ctx, path: tuple, d: Any, cpus: int, mms: int, default_cpu: int | None) -> Op:
+def _op(ctx: _Ctx, path: tuple, d: Any, cpus: int, mms: int, default_cpu: int | None,
+        nfiles: int = 0) -> Op:
     if not isinstance(d, dict):
         raise ctx.fail(path, "an operation is a mapping like {cpu: 0, op: munmap, addr: 0x200000, len: 0x200000}")
     kind = d.get("op")
@@ -225,10 +226,11 @@ def _op(ctx: _Ctx, path: tuple, d: Any, cpus: int, mms: int, default_cpu: int | 
     if kind not in OP_KINDS:
         raise ctx.fail(path + ("op",), f"unknown operation {kind!r} (known: {', '.join(OP_KINDS)})")
     args = OP_KINDS[kind][0]
-    _keys(ctx, path, d, {"cpu", "op", *args}, {"op"} | ({"cpu"} if default_cpu is None else set()))
+    optional = OPTIONAL_ARGS.get(kind, ())
+    _keys(ctx, path, d, {"cpu", "op", *args, *optional}, {"op"} | ({"cpu"} if default_cpu is None else set()))
     cpu = _int(ctx, path + ("cpu",), d.get("cpu", default_cpu), 0, cpus - 1)
     kw: dict[str, Any] = {}
-    for a in args:
+    for a in args + tuple(x for x in optional if x in d):
         if a == "write":
             v = d.get("write", False)
             if not isinstance(v, bool):
@@ -247,7 +249,17 @@ def _op(ctx: _Ctx, path: tuple, d: Any, cpus: int, mms: int, default_cpu: int | 
             if "len" not in d:
                 raise ctx.fail(path, "missing key 'len'")
             kw["len"] = _len(ctx, path + ("len",), d["len"])
-    if "len" in kw and kw["addr"] + kw["len"] > TASK_SIZE:
+        elif a == "file":
+            if "file" not in d:
+                raise ctx.fail(path, "missing key 'file' (an index into files:)")
+            if nfiles == 0:
+                raise ctx.fail(path + ("file",), "the program declares no files (files: [shmem, ...])")
+            kw["file"] = _int(ctx, path + ("file",), d["file"], 0, nfiles - 1)
+        elif a == "offset":
+            if "offset" not in d:
+                raise ctx.fail(path, "missing key 'offset' (a byte offset into the file)")
+            kw["offset"] = _addr(ctx, path + ("offset",), d["offset"], "offset")
+    if "addr" in kw and "len" in kw and kw["addr"] + kw["len"] > TASK_SIZE:
         raise ctx.fail(path, f"{kind} [{kw['addr']:#x}, {kw['addr'] + kw['len']:#x}) runs past "
                              f"TASK_SIZE ({TASK_SIZE:#x})")
     return Op(cpu, kind, **kw)
@@ -312,7 +324,9 @@ def _expect(ctx: _Ctx, raw: Any) -> dict[str, Any]:
 
 
 TOP_KEYS = {"shootdown", "title", "description", "refs", "found-by", "expect", "signature",
-            "platform", "cpus", "mms", "start", "env", "vmas", "setup", "ops", "schedule", "choices"}
+            "platform", "cpus", "mms", "start", "env", "files", "vmas", "setup", "ops", "schedule",
+            "choices"}
+MAX_FILES = 4
 
 
 def _first_anchor(text: str, name: str) -> CorpusError | None:
@@ -426,25 +440,47 @@ def parse(text: str, name: str = "<string>", base: str | Path | None = None) -> 
     options = _platform_options(ctx, platform, env_raw.get("options"))
     env = Env(ptr, env_raw.get("kvm", False), env_raw.get("iommu", False), env_raw.get("skip_mmu_notifiers", False),
               options)
+    files_raw = _list(ctx, ("files",), data.get("files"), f"a list of file kinds ({', '.join(FILE_KINDS)})")
+    if len(files_raw) > MAX_FILES:
+        raise ctx.fail(("files",), f"at most {MAX_FILES} files")
+    files: list[str] = []
+    for i, k in enumerate(files_raw):
+        if not isinstance(k, str) or k not in FILE_KINDS:
+            raise ctx.fail(("files", i), f"unknown file kind {k!r} (known: {', '.join(FILE_KINDS)})")
+        files.append(k)
     vmas: list[tuple[int, int, int]] = []
-    for i, v in enumerate(_list(ctx, ("vmas",), data.get("vmas"), "a list of {mm: N, start: ADDR, len: LEN}")):
+    file_vmas: list[tuple[int, int, int, int, int]] = []
+    taken: list[tuple[int, int, int]] = []
+    for i, v in enumerate(_list(ctx, ("vmas",), data.get("vmas"),
+                                "a list of {mm: N, start: ADDR, len: LEN[, file: F, offset: OFF]}")):
         p = ("vmas", i)
-        _keys(ctx, p, v, {"mm", "start", "len"}, {"start", "len"})
+        _keys(ctx, p, v, {"mm", "start", "len", "file", "offset"}, {"start", "len"})
         mm = _int(ctx, p + ("mm",), v.get("mm", 0), 0, mms - 1)
         s, n = _addr(ctx, p + ("start",), v["start"]), _len(ctx, p + ("len",), v["len"])
         if s + n > TASK_SIZE:
             raise ctx.fail(p, f"VMA [{s:#x}, {s + n:#x}) ends above TASK_SIZE ({TASK_SIZE:#x})")
-        for om, os_, on in vmas:
+        for om, os_, on in taken:
             if om == mm and os_ < s + n and s < os_ + on:
                 raise ctx.fail(p, f"[{s:#x}, {s + n:#x}) overlaps another VMA of mm{mm} "
                                   f"[{os_:#x}, {os_ + on:#x})")
-        vmas.append((mm, s, n))
+        taken.append((mm, s, n))
+        if "file" in v:
+            if not files:
+                raise ctx.fail(p + ("file",), "the program declares no files (files: [shmem, ...])")
+            fid = _int(ctx, p + ("file",), v["file"], 0, len(files) - 1)
+            off = _addr(ctx, p + ("offset",), v.get("offset", 0), "offset")
+            file_vmas.append((mm, s, n, fid, off))
+        elif "offset" in v:
+            raise ctx.fail(p + ("offset",), "an offset needs a file")
+        else:
+            vmas.append((mm, s, n))
     setup_raw = _list(ctx, ("setup",), data.get("setup"), "a list of operations")
     ops_raw = _list(ctx, ("ops",), data["ops"], "a list of operations")
-    setup = tuple(_op(ctx, ("setup", i), d, cpus, mms, 0) for i, d in enumerate(setup_raw))
-    ops = tuple(_op(ctx, ("ops", i), d, cpus, mms, None) for i, d in enumerate(ops_raw))
+    setup = tuple(_op(ctx, ("setup", i), d, cpus, mms, 0, len(files)) for i, d in enumerate(setup_raw))
+    ops = tuple(_op(ctx, ("ops", i), d, cpus, mms, None, len(files)) for i, d in enumerate(ops_raw))
     schedule = _schedule(ctx, data.get("schedule"), data.get("choices"), cpus)
-    program = Program(cpus, mms, platform, start, tuple(vmas), setup, ops, env, schedule)
+    program = Program(cpus, mms, platform, start, tuple(vmas), setup, ops, env, schedule,
+                      tuple(files), tuple(file_vmas))
     refs = [_text(ctx, ("refs", i), r)
             for i, r in enumerate(_list(ctx, ("refs",), data.get("refs"), "a list of references"))]
     expect = _expect(ctx, data.get("expect"))
@@ -517,10 +553,13 @@ def _q(s: str) -> str:
 def _op_yaml(op: Op, with_cpu: bool = True) -> str:
     parts = [f"cpu: {op.cpu}"] if with_cpu else []
     parts.append(f"op: {op.kind}")
-    for a in OP_KINDS[op.kind][0]:
+    optional = OPTIONAL_ARGS.get(op.kind, ()) if op.file is not None else ()
+    for a in OP_KINDS[op.kind][0] + optional:
         v = getattr(op, a)
-        if a in ("addr", "len"):
+        if a in ("addr", "len", "offset"):
             parts.append(f"{a}: {_hex(v)}")
+        elif a == "file":
+            parts.append(f"file: {v}")
         elif a == "write":
             if v:
                 parts.append("write: true")
@@ -565,9 +604,13 @@ def dumps(lit: Litmus) -> str:
         if env.options:
             parts.append("options: {" + ", ".join(f"{k}: {v}" for k, v in env.options) + "}")
         out.append("env: {" + ", ".join(parts) + "}")
-    if p.vmas:
+    if p.files:
+        out.append("files: [" + ", ".join(p.files) + "]")
+    if p.vmas or p.file_vmas:
         out.append("vmas:")
         out += [f"  - {{mm: {mm}, start: {_hex(s)}, len: {_hex(n)}}}" for mm, s, n in p.vmas]
+        out += [f"  - {{mm: {mm}, start: {_hex(s)}, len: {_hex(n)}, file: {f}, offset: {_hex(o)}}}"
+                for mm, s, n, f, o in p.file_vmas]
     if p.setup:
         out.append("setup:")
         out += [f"  - {_op_yaml(op)}" for op in p.setup]

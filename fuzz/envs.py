@@ -34,12 +34,18 @@ class Environment:
     #: native columns other than E8 have none, so that an E1 verdict never
     #: rests on a lazy CPU (E8's question)
     lazy_tlb: bool = True
+    #: files the programs declare and map (fuzz.generate: shared file mappings
+    #: in several mms, truncate through the rmap)
+    files: tuple[str, ...] = ()
+    #: how many address spaces a program has (sharing needs several)
+    mms: tuple[int, int] = (1, 2)
 
     def gen_config(self, length: int = 32, platform: str | None = None) -> GenConfig:
         w = dict(DEFAULT_WEIGHTS)
         w.update(self.weights)
         return GenConfig(platform=platform or self.platform, length=length, pt_reclaim=self.pt_reclaim,
-                         kvm=self.kvm, iommu=self.iommu, lazy_tlb=self.lazy_tlb, weights=w)
+                         kvm=self.kvm, iommu=self.iommu, lazy_tlb=self.lazy_tlb, weights=w,
+                         files=self.files, mms=self.mms)
 
     def choice_biases(self) -> dict[str, float]:
         b = dict(DEFAULT_BIASES)
@@ -77,6 +83,9 @@ class Environment:
             out["pt-reclaim-freed-table"] = "PT_RECLAIM is off"
         if not self.kvm:
             out["kvm-fault-retried"] = "no KVM guest"
+        if not self.files:
+            out["rmap-zap-foreign-mm"] = "no file mappings in this environment"
+            out["truncate-unmapped-refaulted-page"] = "no file mappings in this environment"
         if self.choice_biases().get("alloc_fails:mmu_table_batch", 0.0) <= 0.0:
             out["table-batch-alloc-failed"] = "table-batch allocations never fail here"
         return out
@@ -87,6 +96,11 @@ _NO_BATCH_FAIL = {"alloc_fails:mmu_table_batch": 0.0}
 _BATCH_FAIL = {"alloc_fails:mmu_table_batch": 1.0}
 _RECLAIM = {"pte_walk": 6.0, "madvise": 5.0, "populate": 3.0}
 _LAZY = {"switch": 6.0, "spec_walk": 6.0}
+#: shared file mappings: walkers and accesses in several mms meet truncates
+#: from CPUs that run none of them
+_FILE = {"truncate": 4.0, "mmap": 3.0, "access": 7.0, "gup_fast": 6.0}
+_FILE_DESC = ("{base} with a shmem file mapped MAP_SHARED by 2-3 mms, and truncate (hole punch) "
+              "zapping its pages in every mm through the i_mmap rmap, from any CPU")
 
 ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
     Environment("native", "E1", "native",
@@ -127,6 +141,15 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
                 weights={**_NO_RCU_WALKERS, "switch": 8.0, "madvise": 6.0, "munmap": 1.0, "mmap": 1.0,
                          "gup_fast": 3.0},
                 biases=_NO_BATCH_FAIL, lazy_tlb=False),
+    Environment("native+file", "E1", "native", _FILE_DESC.format(base="E1"),
+                weights={**_NO_RCU_WALKERS, **_FILE}, biases=_NO_BATCH_FAIL, lazy_tlb=False,
+                files=("shmem",), mms=(2, 3)),
+    Environment("xen-pv+file", "E3", "xen-pv", _FILE_DESC.format(base="E3"),
+                weights={**_NO_RCU_WALKERS, **_FILE}, biases=_NO_BATCH_FAIL,
+                files=("shmem",), mms=(2, 3)),
+    Environment("broadcast+file", "E4", "broadcast", _FILE_DESC.format(base="E4"),
+                weights={**_NO_RCU_WALKERS, **_FILE}, biases=_NO_BATCH_FAIL,
+                files=("shmem",), mms=(2, 3)),
 )}
 
 

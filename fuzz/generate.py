@@ -37,6 +37,12 @@ SLOTS: tuple[tuple[int, int], ...] = (
     (0x40000000, PMD_SIZE),        # alone in its 1 GiB: PMD table freed with it
     (0x8000000000, PMD_SIZE),      # alone in its 512 GiB: PUD table freed with it
 )
+#: (start, len) of the file-mapping slots (slot ids len(SLOTS), len(SLOTS)+1)
+FILE_SLOTS: tuple[tuple[int, int], ...] = (
+    (0x600000, PMD_SIZE),          # next to slots 0 and 1: the same PMD table
+    (0x80000000, PMD_SIZE),        # alone in its GiB
+)
+ALL_SLOTS = SLOTS + FILE_SLOTS
 PAGES_PER_SLOT = 3
 
 
@@ -126,12 +132,16 @@ class GenConfig:
     lazy_tlb: bool = True
     #: relative weight of each operation kind (0 disables it)
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    #: the files every program declares (kinds of impls.machine.program.FILE_KINDS);
+    #: file 0 is what the file slots map
+    files: tuple[str, ...] = ()
 
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "gup_fast": 6, "munmap": 4, "mmap": 3, "access": 6, "populate": 1, "pte_walk": 2,
     "madvise": 2, "spec_walk": 3, "switch": 2, "exit": 0.3,
     "kvm_fault": 2, "kvm_access": 2, "iommu_access": 2,
+    "truncate": 0,
 }
 
 
@@ -159,6 +169,8 @@ def op_weights(cfg: GenConfig) -> dict[str, float]:
         weights["madvise"] = weights.get("madvise", 0) * 0.5
     if not cfg.lazy_tlb:
         weights.pop("exit", None)  # exit_mm() leaves CPUs lazy on the dying mm
+    if "shmem" not in cfg.files:
+        weights.pop("truncate", None)
     return weights
 
 
@@ -173,11 +185,17 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
         start.append(None if (c > 0 and draw.bool(0.15)) else draw.int(0, mms - 1))
     st.running = list(start)
     vmas: list[tuple[int, int, int]] = []
+    file_vmas: list[tuple[int, int, int, int, int]] = []
     for m in range(mms):
         for i, (s, n) in enumerate(SLOTS):
             if i == 0 or draw.bool(0.6):
                 vmas.append((m, s, n))
                 st.mapped[m].add(i)
+        if cfg.files:
+            for j, (s, n) in enumerate(FILE_SLOTS):
+                if draw.bool(0.7):
+                    file_vmas.append((m, s, n, 0, 0))
+                    st.mapped[m].add(len(SLOTS) + j)
     setup: list[Op] = []
     for m in range(mms):
         cpu = next((c for c in range(cpus) if start[c] == m), None)
@@ -186,25 +204,26 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
         for i in sorted(st.mapped[m]):
             if draw.bool(0.5):
                 pages = draw.int(1, 2)
-                setup.append(Op(cpu, "populate", addr=SLOTS[i][0], len=pages * PAGE_SIZE))
+                setup.append(Op(cpu, "populate", addr=ALL_SLOTS[i][0], len=pages * PAGE_SIZE))
                 st.touched[m].update((i, p) for p in range(pages))
     ops: list[Op] = []
     weights = op_weights(cfg)
     for _ in range(cfg.length):
         cpu = draw.int(0, cpus - 1)
-        op = _gen_op(draw, st, cpu, mms, weights, cfg.lazy_tlb)
+        op = _gen_op(draw, st, cpu, mms, weights, cfg.lazy_tlb, bool(cfg.files))
         if op is not None:
             ops.append(op)
     return Program(cpus=cpus, mms=mms, platform=cfg.platform, start=tuple(start), vmas=tuple(vmas),
-                   setup=tuple(setup), ops=tuple(ops), env=env)
+                   setup=tuple(setup), ops=tuple(ops), env=env, files=tuple(cfg.files),
+                   file_vmas=tuple(file_vmas))
 
 
 def _page_addr(slot: int, page: int) -> int:
-    return SLOTS[slot][0] + page * PAGE_SIZE
+    return ALL_SLOTS[slot][0] + page * PAGE_SIZE
 
 
 def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float],
-            lazy_tlb: bool = True) -> Op | None:
+            lazy_tlb: bool = True, files: bool = False) -> Op | None:
     mm = st.running[cpu]
     if mm is None or mm not in st.alive:
         alive = sorted(st.alive)
@@ -219,6 +238,15 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         return Op(cpu, "spec_walk", addr=_page_addr(slot, draw.int(0, PAGES_PER_SLOT - 1)))
     kind = draw.weighted(list(weights.items()))
     mapped = sorted(st.mapped[mm])
+    if kind == "truncate":
+        # a hole in file 0's first pages, from whatever this CPU runs: every mm
+        # mapping them is zapped through the rmap
+        first = draw.int(0, PAGES_PER_SLOT - 1)
+        n = draw.int(1, PAGES_PER_SLOT - first)
+        for m in st.touched:
+            st.touched[m] = {t for t in st.touched[m]
+                             if not (t[0] >= len(SLOTS) and first <= t[1] < first + n)}
+        return Op(cpu, "truncate", file=0, offset=first * PAGE_SIZE, len=n * PAGE_SIZE)
     if kind in ("gup_fast", "pte_walk", "kvm_fault", "kvm_access", "iommu_access", "spec_walk"):
         touched = sorted(st.touched[mm])
         if touched and draw.bool(0.85):
@@ -237,7 +265,7 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         if kind == "populate":
             n = draw.int(1, PAGES_PER_SLOT)
             st.touched[mm].update((slot, p) for p in range(n))
-            return Op(cpu, "populate", addr=SLOTS[slot][0], len=n * PAGE_SIZE)
+            return Op(cpu, "populate", addr=ALL_SLOTS[slot][0], len=n * PAGE_SIZE)
         page = draw.int(0, PAGES_PER_SLOT - 1)
         st.touched[mm].add((slot, page))
         return Op(cpu, "access", addr=_page_addr(slot, page), write=draw.bool(0.7))
@@ -252,20 +280,22 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             st.mapped[mm].discard(1)
             st.touched[mm] = {t for t in st.touched[mm] if t[0] != 1}
             return Op(cpu, "munmap", addr=SLOTS[0][0], len=2 * PMD_SIZE)
-        return Op(cpu, "munmap", addr=SLOTS[slot][0], len=SLOTS[slot][1])
+        return Op(cpu, "munmap", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1])
     if kind == "mmap":
-        free = [i for i in range(len(SLOTS)) if i not in st.mapped[mm]]
+        free = [i for i in range(len(ALL_SLOTS) if files else len(SLOTS)) if i not in st.mapped[mm]]
         if not free:
             return None
         slot = free[draw.int(0, len(free) - 1)]
         _map(st, mm, slot)
+        if slot >= len(SLOTS):
+            return Op(cpu, "mmap", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1], file=0, offset=0)
         return Op(cpu, "mmap", addr=SLOTS[slot][0], len=SLOTS[slot][1])
     if kind == "madvise":
         if not mapped:
             return None
         slot = mapped[draw.int(0, len(mapped) - 1)]
         st.touched[mm] = {t for t in st.touched[mm] if t[0] != slot}
-        return Op(cpu, "madvise", addr=SLOTS[slot][0], len=SLOTS[slot][1])
+        return Op(cpu, "madvise", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1])
     if kind == "switch":
         options: list[int | None] = [m for m in sorted(st.alive) if m != mm]
         if lazy_tlb:

@@ -256,6 +256,7 @@ class Minimizer:
     def pass_setup(self, p: Program) -> Program:
         cur = self._ddmin_field(p, "setup") or p
         cur = self._ddmin_field(cur, "vmas") or cur
+        cur = self._ddmin_field(cur, "file_vmas") or cur
         for m in range(cur.mms - 1, -1, -1):
             if cur.mms <= 1:
                 break
@@ -582,6 +583,7 @@ def _without_mm(p: Program, m: int) -> Program | None:
     return replace(
         p, mms=p.mms - 1, start=tuple(mm_of(s) for s in start),
         vmas=tuple((mm_of(vm), s, n) for vm, s, n in p.vmas if vm != m),
+        file_vmas=tuple((mm_of(vm), s, n, f, o) for vm, s, n, f, o in p.file_vmas if vm != m),
         ops=tuple(replace(o, mm=mm_of(o.mm)) if o.kind == "switch" else o for o in p.ops),
         setup=tuple(replace(o, mm=mm_of(o.mm)) if o.kind == "switch" else o for o in p.setup))
 
@@ -590,7 +592,7 @@ def _simpler(op: Op) -> list[Op]:
     out = []
     if op.write:
         out.append(replace(op, write=False))
-    if op.kind in ("munmap", "madvise", "populate", "mmap") and op.len > PMD_SIZE:
+    if op.kind in ("munmap", "madvise", "populate", "mmap", "truncate") and op.len > PMD_SIZE:
         out.append(replace(op, len=PMD_SIZE))
     if op.kind == "populate" and op.len > 0x1000:
         out.append(replace(op, len=0x1000))

@@ -35,6 +35,9 @@ BEHAVIOURS: dict[str, str] = {
     "asid-reloaded-without-flush": "a CPU loaded an ASID it had used before without flushing it "
     "(its entries survived the switch away and back)",
     "cpumask-trimmed": "a CPU that ran another mm left mm_cpumask in flush_tlb_func()",
+    "rmap-zap-foreign-mm": "an rmap zap (truncate) gathered and flushed an mm its CPU was not running",
+    "truncate-unmapped-refaulted-page": "a hole punch found a page a racing fault had mapped again "
+    "after the range was unmapped, and unmapped it once more (truncate_cleanup_folio())",
 }
 
 
@@ -52,7 +55,7 @@ class Behaviours:
             "walker_map", "walker_unmap", "op_end", "entry_write", "free", "alloc_fail", "switch_mm",
             "ipi_send", "xen_mc_deferred", "gp_end", "gup_put", "pt_reclaim", "need_resched",
             "pmd_changed", "hw_read", "tlbsync", "mmdrop", "free_held", "gup_start", "gup_return",
-            "flush_ipi_switching", "cr3_load", "cpumask_clear")}
+            "flush_ipi_switching", "cr3_load", "cpumask_clear", "rmap_zap", "folio_still_mapped")}
 
     def _walker_map(self, ev: Event, sh: Shadow) -> None:
         self.mapped[ev.cpu] = (ev.a["pfn"], ev.a["gen"])
@@ -133,6 +136,12 @@ class Behaviours:
 
     def _cpumask_clear(self, ev: Event, sh: Shadow) -> None:
         self.hit("cpumask-trimmed")
+
+    def _rmap_zap(self, ev: Event, sh: Shadow) -> None:
+        self.hit("rmap-zap-foreign-mm")
+
+    def _folio_still_mapped(self, ev: Event, sh: Shadow) -> None:
+        self.hit("truncate-unmapped-refaulted-page")
 
     def _gup_start(self, ev: Event, sh: Shadow) -> None:
         self.gup_started[ev.cpu] = ev.seq

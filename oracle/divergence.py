@@ -11,7 +11,10 @@ observables at quiescence are compared:
   operations is program order, whatever the schedule.  An operation whose mm
   depends on the schedule (after a switch to an mm that may be exiting, which
   is then skipped, or on a thread an exit may kill first) makes the pages it
-  covers racy in every mm it may act on;
+  covers racy in every mm it may act on.  An operation that mutates pages
+  through a file's rmap (``truncate``) acts on every mm that may map the
+  range, from a CPU that runs none of them: the pages it may zap are racy in
+  all of them;
 * ``mm state``: which address spaces exited and were freed;
 * ``leaked pages``: data pages alive at the end but mapped nowhere.
 
@@ -76,6 +79,39 @@ def _possible_mms(program: Program, dying: set[int]) -> tuple[dict[int, list[tup
     return out, exits, certain
 
 
+def _file_mappings(program: Program, per_cpu: dict) -> list[tuple[int, int, int, int, int]]:
+    """Every (mm, start, end, file, pgoff) a file may be mapped at, under some
+    schedule: the initial file VMAs, and every mmap of a file in each mm its
+    CPU may run."""
+    out = [(mm, s, s + n, f, off // PAGE_SIZE) for mm, s, n, f, off in program.file_vmas]
+    for ops in per_cpu.values():
+        for poss, op in ops:
+            if op.kind == "mmap" and op.file is not None:
+                out += [(mm, op.addr, op.addr + op.len, op.file, op.offset // PAGE_SIZE)
+                        for mm in sorted(m for m in poss if m is not None)]
+    return out
+
+
+def _rmap_spans(program: Program, per_cpu: dict) -> list[tuple[int, int, int]]:
+    """(mm, start, stop) of the pages an rmap operation (``truncate``) may
+    zap: in every mapping of the file that may cover the range."""
+    maps = None
+    out: list[tuple[int, int, int]] = []
+    for ops in per_cpu.values():
+        for _, op in ops:
+            if op.kind != "truncate":
+                continue
+            if maps is None:
+                maps = _file_mappings(program, per_cpu)
+            first = op.offset // PAGE_SIZE
+            last = (op.offset + op.len) // PAGE_SIZE - 1
+            for mm, start, end, f, pgoff in maps:
+                lo, hi = max(first, pgoff), min(last, pgoff + (end - start) // PAGE_SIZE - 1)
+                if f == op.file and lo <= hi:
+                    out.append((mm, start + (lo - pgoff) * PAGE_SIZE, start + (hi - pgoff + 1) * PAGE_SIZE))
+    return out
+
+
 def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
     """(mm, page va) -> True if only one CPU's operations may mutate it.
 
@@ -109,6 +145,9 @@ def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
                     continue
                 for va in pages:
                     touched.setdefault((mm, va), set()).update((cpu, who))
+    for mm, start, stop in _rmap_spans(program, per_cpu):
+        for va in range(start, stop, PAGE_SIZE):
+            touched.setdefault((mm, va), set()).add(UNCERTAIN)
     return {k: len(v) == 1 and k[0] not in dying for k, v in touched.items() if k[1] >= 0}
 
 
@@ -138,7 +177,7 @@ def observables(history: History, program: Program) -> dict[str, object] | None:
             obs[f"mm{mm['id']} exited"] = mm["exited"]
     all_mapped = {pg for mm in final.a["mms"] for _, pg in mm["mapping"]}
     obs["leaked pages"] = sum(1 for f in final.a["frames"]
-                              if f[2] == DATA and (f[0], f[1]) not in all_mapped)
+                              if f[2] == DATA and (f[0], f[1]) not in all_mapped and not _cached(f))
     return obs
 
 
@@ -179,6 +218,8 @@ class _Touches:
                         self.spans.setdefault(mm, []).append((start, stop, cpu))
                         if who != cpu:
                             self.spans[mm].append((start, stop, who))
+        for mm, start, stop in _rmap_spans(program, per_cpu):  # as in robust_pages()
+            self.spans.setdefault(mm, []).append((start, stop, UNCERTAIN))
 
     def robust(self, mm: int, va: int) -> bool:
         """``robust_pages(program).get((mm, va), False)``."""
@@ -226,7 +267,13 @@ def _final(history: History) -> Event | None:
 
 def _leaked(final: Event) -> int:
     all_mapped = {pg for mm in final.a["mms"] for _, pg in mm["mapping"]}
-    return sum(1 for f in final.a["frames"] if f[2] == DATA and (f[0], f[1]) not in all_mapped)
+    return sum(1 for f in final.a["frames"]
+               if f[2] == DATA and (f[0], f[1]) not in all_mapped and not _cached(f))
+
+
+def _cached(frame: tuple) -> bool:
+    """A page a file's page cache holds is not leaked, mapped or not."""
+    return len(frame) > 9 and bool(frame[9])
 
 
 def compare(histories: list[History], program: Program) -> list[Violation]:

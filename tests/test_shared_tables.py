@@ -160,3 +160,115 @@ def test_finishing_a_gather_with_an_unsynced_unshare_is_a_kernel_bug():
     _drive(m, tlb_finish_mmu(tlb))
     bugs = [e.a["what"] for e in m.h.events if e.kind == "bug"]
     assert bugs and "fully_unshared_tables" in bugs[0]
+
+
+# -- file mappings, the page cache and the rmap zap --------------------------------------
+
+def _run(src: str, strategy: str = "direct", platform: str | None = None):
+    from fuzz import corpus
+    from fuzz.run import run_program
+    from impls import registry
+    p = corpus.parse(src, "<test>").program
+    return run_program(p, registry.strategy(strategy), registry.platform(platform or p.platform))
+
+
+def _litmus(name: str) -> str:
+    from pathlib import Path
+    return (Path(__file__).resolve().parent.parent / "corpus" / name).read_text()
+
+
+def test_truncate_flushes_every_mm_mapping_the_page_before_freeing_it():
+    r = _run(_litmus("truncate+access+rmapzap.yaml"))
+    ev = r.history.events
+    assert r.verdict.checks() == []
+    assert r.verdict.behaviours.get("rmap-zap-foreign-mm") == 2
+    zaps = [e for e in ev if e.kind == "rmap_zap"]
+    assert [(e.a["mm"], e.a["running"]) for e in zaps] == [(0, 2), (1, 2)]
+    # each zap's flush IPIs the CPU running that mm (CPU2 runs neither)
+    flushes = [e for e in ev if e.kind == "flush_begin"]
+    assert [(e.a["mm"], e.a["mask"]) for e in flushes[:2]] == [(0, (0,)), (1, (1,))]
+    free = next(e for e in ev if e.kind == "free" and e.a["via"].startswith("shmem_undo_range"))
+    recv = [e.seq for e in ev if e.kind == "ipi_recv"]
+    assert len(recv) >= 2 and max(recv[:2]) < free.seq
+    # the accesses afterwards fault a new page in, in the hole (the second finds it cached)
+    assert sum(1 for e in ev if e.kind == "pagecache_add") == 2
+
+
+def test_the_page_cache_keeps_a_page_alive_past_munmap():
+    src = """
+shootdown: 1
+cpus: 1
+files: [shmem]
+vmas: [{mm: 0, start: 0x600000, len: 0x200000, file: 0}]
+setup:
+  - {cpu: 0, op: access, addr: 0x600000, write: true}
+ops:
+  - {cpu: 0, op: munmap, addr: 0x600000, len: 0x200000}
+"""
+    r = _run(src)
+    assert r.verdict.checks() == []
+    final = r.history.events[-1]
+    cached = [f for f in final.a["frames"] if f[9]]
+    assert len(cached) == 1 and cached[0][4] == 1 and cached[0][5] == 0  # ref: the cache's only
+    assert any(e.kind == "vma_unlink_file" for e in r.history.events)
+
+
+def test_a_fault_in_a_hole_being_punched_waits_then_refaults():
+    src = """
+shootdown: 1
+cpus: 2
+mms: 2
+start: [0, 1]
+files: [shmem]
+vmas:
+  - {mm: 0, start: 0x600000, len: 0x200000, file: 0}
+setup:
+  - {cpu: 0, op: access, addr: 0x600000, write: true}
+  - {cpu: 0, op: madvise, addr: 0x600000, len: 0x1000}
+ops:
+  - {cpu: 1, op: truncate, file: 0, offset: 0, len: 0x1000}
+  - {cpu: 0, op: access, addr: 0x600000}
+schedule:
+  - {cpu: 1, until: "truncate:punching"}
+  - {cpu: 0, steps: 30}
+  - {cpu: 1, until: op_end}
+"""
+    r = _run(src, "full-rcu")
+    kinds = [e.kind for e in r.history.events]
+    assert r.verdict.checks() == []
+    assert "fault_waits_for_punch" in kinds
+    assert kinds.index("punch_end") < len(kinds) - kinds[::-1].index("pagecache_add")
+
+
+def test_a_page_refaulted_during_a_punch_is_unmapped_again():
+    """The fault found the page in the cache and locked it before the punch
+    began; it maps the page after unmap_mapping_range() passed its PTE, so
+    shmem_undo_range() finds the folio mapped once it gets the lock, and
+    truncate_cleanup_folio() zaps it again (unmap_mapping_folio())."""
+    src = """
+shootdown: 1
+cpus: 2
+mms: 2
+start: [0, 1]
+files: [shmem]
+vmas:
+  - {mm: 0, start: 0x600000, len: 0x200000, file: 0}
+setup:
+  - {cpu: 0, op: access, addr: 0x600000, write: true}
+  - {cpu: 0, op: madvise, addr: 0x600000, len: 0x1000}
+ops:
+  - {cpu: 0, op: access, addr: 0x600000}
+  - {cpu: 1, op: truncate, file: 0, offset: 0, len: 0x1000}
+schedule:
+  - {cpu: 0, until: "fault:pmd_read"}
+  - {cpu: 1, until: folio_lock}
+  - {cpu: 0, until: op_end}
+  - {cpu: 1, until: op_end}
+"""
+    for strategy in ("direct", "semi-rcu", "full-rcu"):
+        r = _run(src, strategy)
+        assert r.verdict.checks() == [], [v.summary for v in r.verdict.violations]
+        assert r.verdict.behaviours.get("truncate-unmapped-refaulted-page") == 1
+        final = r.history.events[-1]
+        assert final.a["mms"][0]["mapping"] == ()  # unmapped again, and out of the cache
+        assert not any(f[9] for f in final.a["frames"])

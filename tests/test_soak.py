@@ -24,9 +24,13 @@ def test_soak_runs_every_safe_on_cell_and_reports(tmp_path: Path, capsys):
                        "--lengths", "8", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert rc == 0, out
-    for env in ("native", "xen-pv", "broadcast", "native+lazy", "native+pt-reclaim+batch-fail"):
+    for env in ("native", "xen-pv", "broadcast", "native+lazy", "native+pt-reclaim+batch-fail",
+                "native+file", "xen-pv+file", "broadcast+file"):
         assert f"\n{env} " in out
-    assert "total: 66 programs, 0 violations" in out  # 11 cells x 2 seeds x 3 programs
+    from fuzz.safe_on import safe_on_cells
+    from impls import registry
+    cells = len(safe_on_cells([registry.strategy(s) for s in registry.STRATEGIES]))
+    assert f"total: {cells * 2 * 3} programs, 0 violations" in out  # cells x 2 seeds x 3 programs
     assert "seed 11" in out and "seed 12" in out
 
 

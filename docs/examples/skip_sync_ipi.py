@@ -89,7 +89,8 @@ KERNEL = ("MMU_GATHER_RCU_TABLE_FREE, !PT_RECLAIM, with 'mm/mmu_gather: prepare 
 # semi-rcu.  Not native+pt-reclaim(+batch-fail): the single-table path frees
 # under RCU-only walkers, with or without the IPI.
 SAFE_ON = ("native", "xen-pv", "broadcast", "native+batch-fail", "xen-pv+batch-fail",
-           "broadcast+batch-fail", "native+lazy", "native+secondary-mmu", "native+switch")
+           "broadcast+batch-fail", "native+lazy", "native+secondary-mmu", "native+switch",
+           "native+file", "xen-pv+file", "broadcast+file")
 
 
 class MmuTableBatch:

@@ -30,11 +30,29 @@ TLB_NR_DYN_ASIDS = 6
 
 
 class Vma:
-    __slots__ = ("start", "end")
+    """struct vm_area_struct: the range, and for a file mapping the file
+    (``vm_file->f_mapping``), the file offset of ``start`` in pages
+    (``vm_pgoff``) and ``vm_flags``; ``mm`` is ``vm_mm``."""
 
-    def __init__(self, start: int, end: int) -> None:
+    __slots__ = ("start", "end", "file", "pgoff", "flags", "mm")
+
+    def __init__(self, start: int, end: int, file: Any = None, pgoff: int = 0, flags: int = 0,
+                 mm: Any = None) -> None:
         self.start = start
         self.end = end
+        self.file = file
+        self.pgoff = pgoff
+        self.flags = flags
+        self.mm = mm
+
+    def piece(self, start: int, end: int) -> Vma:
+        """The part [start, end) of this VMA as a VMA of its own (a split):
+        the same file, ``vm_pgoff`` advanced by the pages cut off the front."""
+        return Vma(start, end, self.file, self.pgoff + ((start - self.start) >> 12), self.flags, self.mm)
+
+    def linear_page_index(self, addr: int) -> int:
+        """include/linux/pagemap.h: linear_page_index()."""
+        return ((addr - self.start) >> 12) + self.pgoff
 
 
 class RwSem:
@@ -227,9 +245,9 @@ def spin_unlock(cpu: Cpu, lock: SpinLock) -> None:
     preempt_enable(cpu)
 
 
-def down_read(cpu: Cpu, sem: RwSem) -> Step:
+def down_read(cpu: Cpu, sem: RwSem, label: str = "mmap_read_lock") -> Step:
     if sem.writer is not None:
-        yield from wait_until(cpu, lambda: sem.writer is None, "mmap_read_lock")
+        yield from wait_until(cpu, lambda: sem.writer is None, label)
     sem.readers += 1
 
 
@@ -237,10 +255,9 @@ def up_read(cpu: Cpu, sem: RwSem) -> None:
     sem.readers -= 1
 
 
-def down_write(cpu: Cpu, sem: RwSem) -> Step:
+def down_write(cpu: Cpu, sem: RwSem, label: str = "mmap_write_lock") -> Step:
     if sem.writer is not None or sem.readers:
-        yield from wait_until(cpu, lambda: sem.writer is None and not sem.readers,
-                              "mmap_write_lock")
+        yield from wait_until(cpu, lambda: sem.writer is None and not sem.readers, label)
     sem.writer = cpu.id
 
 

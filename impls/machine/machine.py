@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import fault, gup, mmap, mmu_notifier, pgtable_generic, sched_core
+from . import fault, filemap, gup, mmap, mmu_notifier, pgtable_generic, sched_core
 from .choices import RCU, Choices, Replay
 from .cpu import Cpu, Mm, Step, Vma
 from .history import HW, History
@@ -48,6 +48,7 @@ OPS: dict[str, OpFn] = {
     "kvm_fault": mmu_notifier.kvm_fault,
     "kvm_access": mmu_notifier.kvm_access,
     "iommu_access": mmu_notifier.iommu_access,
+    "truncate": filemap.truncate_op,
 }
 
 DEFAULT_MAX_STEPS = 20_000
@@ -79,6 +80,8 @@ class Machine:
         self.rcu_cpu = Cpu(RCU, self)
         self.init_mm = Mm(-1, None)
         self.mms: list[Mm] = []
+        #: the program's files (struct address_space each)
+        self.files: list[filemap.AddressSpace] = []
         self.csd_seq = 0
         self.flush_seq = 0
         self.choices = choices if choices is not None else Replay(program.schedule)
@@ -154,9 +157,18 @@ class Machine:
                 self.P.enter_mmap(boot_cpu, mm)
         for mm_id, start, length in p.vmas:
             mm = self.mms[mm_id]
-            mm.vmas.append(Vma(start, start + length))
+            mm.vmas.append(Vma(start, start + length, mm=mm))
             mm.vmas.sort(key=lambda v: v.start)
             h.emit(HW, "vma_add", mm=mm_id, start=start, end=start + length)
+        self.files = [filemap.AddressSpace(i, kind) for i, kind in enumerate(p.files)]
+        for mm_id, start, length, fid, off in p.file_vmas:
+            mm = self.mms[mm_id]
+            f = self.files[fid]
+            vma = Vma(start, start + length, f, off >> PAGE_SHIFT, mmap.FILE_VM_FLAGS.get(f.kind, 0), mm)
+            mm.vmas.append(vma)
+            mm.vmas.sort(key=lambda v: v.start)
+            f.i_mmap.append(vma)
+            h.emit(HW, "vma_add", mm=mm_id, start=start, end=start + length, file=fid, pgoff=vma.pgoff)
         for c in self.cpus:
             c.loaded_mm = self.init_mm
             c.active_mm = self.init_mm
@@ -352,6 +364,14 @@ class Machine:
         for f in self.frames.frames:  # a table's PTL lives in its ptdesc and points back at it
             if f.ptl is not None:
                 f.ptl.frame = None
+            f.mapping = None  # a page-cache page and its file point at each other
+        for mm in self.mms:  # a VMA and its mm, and a file's rmap of VMAs
+            for v in mm.vmas:
+                v.mm = None
+                v.file = None
+        for file in self.files:
+            file.i_mmap.clear()
+            file.pages.clear()
 
     def _finish(self) -> History:
         h = self.h
@@ -384,7 +404,8 @@ class Machine:
                 "sptes": tuple(sorted(mm.kvm.sptes.items())) if mm.kvm else (),
             })
         live = tuple(
-            (f.pfn, f.gen, f.state, f.level, f.refcount, f.mapcount, f.pinned, f.xen_pinned, f.ro)
+            (f.pfn, f.gen, f.state, f.level, f.refcount, f.mapcount, f.pinned, f.xen_pinned, f.ro,
+             1 if f.mapping is not None else 0)
             for f in frames.frames[1:] if f.state != FREE
         )
         return {"mms": tuple(mms), "frames": live,

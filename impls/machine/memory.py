@@ -12,10 +12,24 @@
   under the PTL, free after dropping it), PT_RECLAIM's fast and slow paths.
 * ``free_pgtables()`` -> ``free_pgd_range()`` -> ``free_p?d_range()``: clear the
   parent entry without locks (the VMAs are detached), then ``p?d_free_tlb()``,
-  which is the strategy's.
+  which is the strategy's.  Before anything is unlinked, ``tlb_free_vmas()``
+  flushes if a VM_PFNMAP VMA was zapped; each file VMA is unlinked from its
+  file's ``i_mmap`` before its tables are freed.
+* The rmap zap, ``unmap_mapping_range()`` (truncate, hole punch, a driver
+  revoking its mapping): under the file's ``i_mmap_rwsem`` for read, for each
+  VMA of any mm that maps the range, ``zap_page_range_single()``: an
+  mmu_gather on *that VMA's mm*, whatever this CPU runs, the notifiers, the
+  zap, ``tlb_finish_mmu()``.  No mmap lock of that mm is taken: the VMA's
+  tables live until it is unlinked from ``i_mmap``.
 
-MODEL: anonymous private VMAs only; every fault allocates a page (no zero
-page, no COW, no THP); the TLB is filled by the access after the fault.
+Read at mainline v6.19.
+
+MODEL: anonymous VMAs are private, file VMAs shared; every anonymous fault
+allocates a page (no zero page, no COW, no THP); the TLB is filled by the
+access after the fault.  No delayed rmap for dirty file pages
+(``tlb_delay_rmap()``): the mapcount drops at the zap, not after the flush
+(it only matters to folio_mkclean(), not to when a page may be freed, which
+the gather's reference decides).
 """
 
 from __future__ import annotations
@@ -23,12 +37,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .cpu import Cpu, Mm, Step, spin_lock, spin_unlock
-from .mmu_gather import tlb_flush_pte_range
+from .filemap import folio_unlock, i_mmap_lock_read, i_mmap_unlock_read, shmem_fault, unlink_file_vma
+from .mmu_gather import tlb_end_vma, tlb_flush_pte_range, tlb_free_vmas, tlb_gather_mmu, tlb_start_vma
 from .mmu_notifier import mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start
 from .page_alloc import DATA, TABLE, Frame
 from .paravirt import arch_enter_lazy_mmu_mode, arch_leave_lazy_mmu_mode, paravirt_alloc
 from .pgtable import (
     LEVEL_NAMES_SHORT,
+    PAGE_SHIFT,
     PAGE_SIZE,
     PGDIR_MASK,
     PGDIR_SIZE,
@@ -96,10 +112,11 @@ def __p_alloc(cpu: Cpu, mm: Mm, parent: Ptr, level: int, addr: int) -> Step:
 
 
 def handle_mm_fault(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
-    """mm/memory.c: handle_mm_fault() for an anonymous VMA; the caller holds
-    the mmap lock for read.  Returns a short result string."""
+    """mm/memory.c: handle_mm_fault(); the caller holds the mmap lock for read.
+    Returns a short result string."""
     m = cpu.m
     who = "fault"
+    vma = mm.find_vma(addr)
     f, gen = mm.pgd, mm.pgd_gen
     for level in (4, 3):
         parent = Ptr(f, gen, index(level, addr))
@@ -114,7 +131,44 @@ def handle_mm_fault(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
             return "retry"
         f, gen = child
     pmdp = Ptr(f, gen, index(2, addr))
+    if vma is not None and vma.file is not None:
+        return (yield from do_fault(cpu, mm, vma, pmdp, addr, write))
     return (yield from do_anonymous_page(cpu, mm, pmdp, addr, write))
+
+
+def do_fault(cpu: Cpu, mm: Mm, vma, pmdp: Ptr, addr: int, write: bool) -> Step:
+    """mm/memory.c: do_fault() -> do_shared_fault()/do_read_fault() for a
+    shared file mapping: __do_fault() (the file's ->fault: a locked folio
+    with a reference), then finish_fault() maps it under the PTL, then the
+    folio is unlocked.  The reference becomes the mapping's."""
+    m = cpu.m
+    who = "fault"
+    folio = yield from shmem_fault(cpu, vma, addr)
+    if isinstance(folio, str):
+        return folio
+    # finish_fault()
+    pmdval = m.sw_read(cpu, pmdp.frame, pmdp.gen, pmdp.idx, who)
+    if not entry_present(pmdval):
+        yield from __p_alloc(cpu, mm, pmdp, 1, addr & PMD_MASK)
+    res = yield from __pte_offset_map_lock(cpu, pmdp, addr, who)
+    if res is None:
+        folio_unlock(cpu, folio)
+        m.frames.put_page(cpu.id, folio, "do_fault: release")
+        return "retry: no table"
+    pte, ptl = res
+    idx = index(1, addr)
+    if m.sw_read(cpu, pte.table, pte.gen, idx, who) != 0:
+        pte_unmap_unlock(cpu, ptl)
+        folio_unlock(cpu, folio)
+        m.frames.put_page(cpu.id, folio, "do_fault: release")
+        return "raced: pte present"
+    folio.mapcount += 1  # folio_add_file_rmap_ptes()
+    mm.rss += 1          # MM_SHMEMPAGES
+    # a shared writable shmem mapping needs no write notification: vm_page_prot is RW
+    m.sw_write(cpu, pte.table, pte.gen, idx, mk_pte(folio.pfn, True), "set_pte_at (finish_fault)")
+    pte_unmap_unlock(cpu, ptl)
+    folio_unlock(cpu, folio)
+    return f"mapped file{vma.file.id} page {folio.index} pfn {folio.pfn:#x}"
 
 
 def do_anonymous_page(cpu: Cpu, mm: Mm, pmdp: Ptr, addr: int, write: bool) -> Step:
@@ -167,10 +221,14 @@ def next_present(table: Frame, gen: int, lo: int, hi: int, m, cpu: Cpu, who: str
 
 
 class ZapDetails:
-    __slots__ = ("reclaim_pt",)
+    """struct zap_details: ``single_folio`` restricts the zap to the PTEs that
+    map that folio (unmap_mapping_folio())."""
 
-    def __init__(self, reclaim_pt: bool = False) -> None:
+    __slots__ = ("reclaim_pt", "single_folio")
+
+    def __init__(self, reclaim_pt: bool = False, single_folio: Frame | None = None) -> None:
         self.reclaim_pt = reclaim_pt
+        self.single_folio = single_folio
 
 
 def zap_pte_range(tlb: MmuGather, pmdp: Ptr, addr: int, end: int, details: ZapDetails) -> Step:
@@ -210,6 +268,12 @@ def zap_pte_range(tlb: MmuGather, pmdp: Ptr, addr: int, end: int, details: ZapDe
                 break
             addr = (addr & PMD_MASK) + idx * PAGE_SIZE
             val = m.sw_read(cpu, pte.table, pte.gen, idx, who)
+            single = details.single_folio
+            if single is not None and entry_pfn(val) != single.pfn:
+                addr += PAGE_SIZE  # should_zap_folio(): not the folio asked for
+                if addr >= end:
+                    break
+                continue
             m.sw_write(cpu, pte.table, pte.gen, idx, 0, "ptep_get_and_clear_full (zap)")
             tlb_flush_pte_range(tlb, addr, PAGE_SIZE)  # tlb_remove_tlb_entry()
             page = m.frames.get(entry_pfn(val))
@@ -269,17 +333,64 @@ def _locate_pmd(cpu: Cpu, mm: Mm, addr: int, who: str) -> Ptr | None:
     return walk_to_pmd(cpu, mm, addr, who)
 
 
-def unmap_vmas(tlb: MmuGather, ranges: list[tuple[int, int]], start: int, end: int,
+def unmap_single_vma(tlb: MmuGather, vma, start: int, end: int, details: ZapDetails) -> Step:
+    """mm/memory.c: unmap_single_vma(): tlb_start_vma() (records VM_PFNMAP),
+    unmap_page_range(), tlb_end_vma() (nothing on x86)."""
+    tlb_start_vma(tlb, vma)
+    yield from unmap_page_range(tlb, start, end, details)
+    yield from tlb_end_vma(tlb, vma)
+
+
+def unmap_vmas(tlb: MmuGather, vmas: list, start: int, end: int,
                details: ZapDetails, event: str) -> Step:
     """mm/memory.c: unmap_vmas() / zap_page_range_single_batched():
     ``mmu_notifier_invalidate_range_start()`` before any PTE is cleared,
-    ``_end()`` after all are (and before the final flush)."""
+    ``_end()`` after all are (and before the final flush).  ``vmas``: VMAs
+    (or VMA pieces) whose whole range is zapped."""
     cpu = tlb.cpu
     mm = tlb.mm
     yield from mmu_notifier_invalidate_range_start(cpu, mm, start, end, event)
-    for s, e in ranges:
-        yield from unmap_page_range(tlb, s, e, details)
+    for vma in vmas:
+        yield from unmap_single_vma(tlb, vma, vma.start, vma.end, details)
     yield from mmu_notifier_invalidate_range_end(cpu, mm, start, end, event)
+
+
+# -- the rmap zap --------------------------------------------------------------
+
+def zap_page_range_single(cpu: Cpu, vma, addr: int, size: int, details: ZapDetails) -> Step:
+    """mm/memory.c: zap_page_range_single() -> zap_page_range_single_batched():
+    a gather on the VMA's mm (not necessarily the one this CPU runs), the
+    notifiers around the zap, tlb_finish_mmu()."""
+    mm = vma.mm
+    m = cpu.m
+    if cpu.current_mm is not mm:
+        m.h.emit(cpu.id, "rmap_zap", mm=mm.id, start=addr, end=addr + size,
+                 running=cpu.current_mm.id if cpu.current_mm is not None else -1)
+    tlb = tlb_gather_mmu(cpu, mm)
+    yield from unmap_vmas(tlb, [vma.piece(addr, addr + size)], addr, addr + size, details, "CLEAR")
+    yield from m.S.tlb_finish_mmu(tlb)
+
+
+def unmap_mapping_range(cpu: Cpu, mapping, first: int, last: int,
+                        single_folio: Frame | None = None) -> Step:
+    """mm/memory.c: unmap_mapping_pages() (unmap_mapping_range() in pages):
+    under i_mmap_lock_read(), zap [first, last] of the file in every VMA that
+    maps it (unmap_mapping_range_tree() -> unmap_mapping_range_vma())."""
+    yield from i_mmap_lock_read(cpu, mapping)
+    for vma in mapping.vmas_in(first, last):
+        vba = vma.pgoff
+        vea = vba + ((vma.end - vma.start) >> PAGE_SHIFT) - 1
+        zba, zea = max(first, vba), min(last, vea)
+        start = ((zba - vba) << PAGE_SHIFT) + vma.start
+        end = ((zea - vba + 1) << PAGE_SHIFT) + vma.start
+        yield from zap_page_range_single(cpu, vma, start, end - start, ZapDetails(False, single_folio))
+    i_mmap_unlock_read(cpu, mapping)
+
+
+def unmap_mapping_folio(cpu: Cpu, folio: Frame) -> Step:
+    """mm/memory.c: unmap_mapping_folio(): zap the PTEs mapping this (locked)
+    folio in every VMA of its file."""
+    yield from unmap_mapping_range(cpu, folio.mapping, folio.index, folio.index, folio)
 
 
 # -- freeing page tables ---------------------------------------------------
@@ -392,16 +503,23 @@ def free_pgd_range(tlb: MmuGather, addr: int, end: int, floor: int, ceiling: int
             break
 
 
-def free_pgtables(tlb: MmuGather, vmas: list[tuple[int, int]], floor: int, ceiling: int) -> Step:
-    """mm/memory.c: free_pgtables(): for each run of detached VMAs (nearby
-    ones gathered into one call), free_pgd_range() up to the next one."""
+def free_pgtables(tlb: MmuGather, vmas: list, floor: int, ceiling: int) -> Step:
+    """mm/memory.c: free_pgtables(): tlb_free_vmas() first (a pending flush of
+    a VM_PFNMAP VMA is done before any VMA leaves the rmap); then for each run
+    of detached VMAs (nearby ones gathered into one call): hide the file VMAs
+    from the rmap (unlink_file_vma_batch_*()), then free_pgd_range() up to the
+    next one."""
+    yield from tlb_free_vmas(tlb)
     i = 0
     while i < len(vmas):
-        start, end = vmas[i]
+        start, end = vmas[i].start, vmas[i].end
         j = i + 1
-        while j < len(vmas) and vmas[j][0] <= end + PMD_SIZE:
-            end = vmas[j][1]
+        while j < len(vmas) and vmas[j].start <= end + PMD_SIZE:
+            end = vmas[j].end
             j += 1
-        nxt_start = vmas[j][0] if j < len(vmas) else ceiling
+        for v in vmas[i:j]:
+            if v.file is not None:
+                yield from unlink_file_vma(tlb.cpu, v)
+        nxt_start = vmas[j].start if j < len(vmas) else ceiling
         yield from free_pgd_range(tlb, start, end, floor, nxt_start)
         i = j

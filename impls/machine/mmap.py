@@ -14,47 +14,88 @@ process exit, and the last reference to an mm.
   ``tlb_gather_mmu_fullmm()``, ``unmap_vmas()``, then under the write lock
   ``free_pgtables()`` and ``tlb_finish_mmu()``.
 * ``__mmdrop()`` when the last lazy-TLB user lets go: ``pgd_free()``.
+
+A file VMA (``mmap`` with ``file``) is linked into its file's ``i_mmap``
+(``vma_link_file()``) under ``i_mmap_rwsem``; splitting one for a partial
+munmap updates ``i_mmap`` under the same lock; the detached part stays there
+until ``free_pgtables()`` unlinks it, right before its tables are freed.
+
+Read at mainline v6.19.
 """
 
 from __future__ import annotations
 
 from .cpu import Cpu, Mm, Step, Vma, down_read, down_write, downgrade_write, up_read, up_write
+from .filemap import i_mmap_lock_write, i_mmap_unlock_write, vma_link_file
 from .memory import FIRST_USER_ADDRESS, USER_PGTABLES_CEILING, ZapDetails, free_pgtables, unmap_vmas
-from .mmu_gather import tlb_gather_mmu
+from .mmu_gather import VM_SHARED, tlb_gather_mmu
 from .mmu_notifier import mmu_notifier_release
+from .pgtable import PAGE_SIZE
+
+#: vm_flags of a file mapping, by file kind (MAP_SHARED, PROT_READ|PROT_WRITE)
+FILE_VM_FLAGS = {"shmem": VM_SHARED}
 
 
 def do_mmap(cpu: Cpu, op) -> Step:
+    """mm/mmap.c: do_mmap() with MAP_FIXED_NOREPLACE: anonymous, or
+    MAP_SHARED of file ``op.file`` at byte offset ``op.offset``."""
+    m = cpu.m
     mm = cpu.current_mm
     if mm is None:
         return "skipped: kernel thread"
     start, end = op.addr, op.addr + op.len
+    mapping = None
+    if op.file is not None:
+        if not 0 <= op.file < len(m.files) or op.offset % PAGE_SIZE:
+            return "EINVAL"
+        mapping = m.files[op.file]
     yield from down_write(cpu, mm.mmap_lock)
     try:
         if any(v.start < end and start < v.end for v in mm.vmas):
             return "EEXIST"
-        mm.vmas.append(Vma(start, end))
+        if mapping is None:
+            vma = Vma(start, end, mm=mm)
+        else:
+            vma = Vma(start, end, mapping, op.offset // PAGE_SIZE, FILE_VM_FLAGS.get(mapping.kind, VM_SHARED), mm)
+        mm.vmas.append(vma)
         mm.vmas.sort(key=lambda v: v.start)
-        cpu.m.h.emit(cpu.id, "vma_add", mm=mm.id, start=start, end=end)
+        if mapping is None:
+            m.h.emit(cpu.id, "vma_add", mm=mm.id, start=start, end=end)
+        else:
+            m.h.emit(cpu.id, "vma_add", mm=mm.id, start=start, end=end, file=mapping.id, pgoff=vma.pgoff)
+            yield from vma_link_file(cpu, vma)
         return "mapped"
     finally:
         up_write(cpu, mm.mmap_lock)
 
 
-def _detach(mm: Mm, start: int, end: int) -> tuple[list[tuple[int, int]], int, int]:
-    """Split and detach the VMA parts in [start, end): returns the detached
-    ranges and the floor/ceiling (prev->vm_end, next->vm_start)."""
+def detach_vmas(cpu: Cpu, mm: Mm, start: int, end: int) -> Step:
+    """mm/vma.c: vms_gather_munmap_vmas() + the split: split the VMAs at
+    ``start``/``end`` and detach the parts inside.  Returns the detached
+    VMAs and the floor/ceiling of free_pgtables() (prev->vm_end,
+    next->vm_start).  A split file VMA is replaced in its file's i_mmap by its
+    pieces, under i_mmap_rwsem (vma_prepare()); the detached piece stays in
+    i_mmap until free_pgtables() unlinks it."""
     kept: list[Vma] = []
-    removed: list[tuple[int, int]] = []
+    removed: list[Vma] = []
     for v in mm.vmas:
         if v.end <= start or v.start >= end:
             kept.append(v)
             continue
+        pieces = []
         if v.start < start:
-            kept.append(Vma(v.start, start))
+            pieces.append(v.piece(v.start, start))
         if v.end > end:
-            kept.append(Vma(end, v.end))
-        removed.append((max(v.start, start), min(v.end, end)))
+            pieces.append(v.piece(end, v.end))
+        gone = v if pieces == [] else v.piece(max(v.start, start), min(v.end, end))
+        if v.file is not None and gone is not v:
+            yield from i_mmap_lock_write(cpu, v.file)
+            if v in v.file.i_mmap:
+                v.file.i_mmap.remove(v)
+            v.file.i_mmap.extend([*pieces, gone])
+            i_mmap_unlock_write(cpu, v.file)
+        kept.extend(pieces)
+        removed.append(gone)
     kept.sort(key=lambda v: v.start)
     mm.vmas = kept
     prev = [v for v in kept if v.end <= start]
@@ -64,28 +105,39 @@ def _detach(mm: Mm, start: int, end: int) -> tuple[list[tuple[int, int]], int, i
     return removed, floor, ceiling
 
 
-def do_munmap(cpu: Cpu, op) -> Step:
+def do_vmi_align_munmap(cpu: Cpu, mm: Mm, start: int, end: int, downgrade: bool) -> Step:
+    """mm/vma.c: do_vmi_align_munmap() with the mmap lock held for write:
+    detach, (downgrade to read,) then vms_clear_ptes(): tlb_gather_mmu(),
+    unmap_vmas(), free_pgtables() between the neighbours, tlb_finish_mmu().
+    Returns the number of VMAs unmapped."""
     m = cpu.m
+    removed, floor, ceiling = yield from detach_vmas(cpu, mm, start, end)
+    if not removed:
+        return 0
+    m.h.emit(cpu.id, "vma_remove", mm=mm.id, ranges=tuple((v.start, v.end) for v in removed))
+    if downgrade:
+        downgrade_write(cpu, mm.mmap_lock)  # mmap_write_downgrade()
+    yield "munmap:detached"
+    # vms_clear_ptes()
+    tlb = tlb_gather_mmu(cpu, mm)
+    yield from unmap_vmas(tlb, removed, removed[0].start, removed[-1].end, ZapDetails(False), "UNMAP")
+    yield from free_pgtables(tlb, removed, floor, ceiling)
+    yield from m.S.tlb_finish_mmu(tlb)
+    return len(removed)
+
+
+def do_munmap(cpu: Cpu, op) -> Step:
     mm = cpu.current_mm
     if mm is None:
         return "skipped: kernel thread"
     start, end = op.addr, op.addr + op.len
     yield from down_write(cpu, mm.mmap_lock)
-    removed, floor, ceiling = _detach(mm, start, end)
-    if not removed:
+    n = yield from do_vmi_align_munmap(cpu, mm, start, end, downgrade=True)
+    if not n:
         up_write(cpu, mm.mmap_lock)
         return "nothing mapped"
-    m.h.emit(cpu.id, "vma_remove", mm=mm.id, ranges=tuple(removed))
-    downgrade_write(cpu, mm.mmap_lock)  # mmap_write_downgrade()
-    yield "munmap:detached"
-    # vms_clear_ptes()
-    S = m.S
-    tlb = tlb_gather_mmu(cpu, mm)
-    yield from unmap_vmas(tlb, removed, removed[0][0], removed[-1][1], ZapDetails(False), "UNMAP")
-    yield from free_pgtables(tlb, removed, floor, ceiling)
-    yield from S.tlb_finish_mmu(tlb)
     up_read(cpu, mm.mmap_lock)
-    return f"unmapped {len(removed)} vma(s)"
+    return f"unmapped {n} vma(s)"
 
 
 def madvise_dontneed(cpu: Cpu, op) -> Step:
@@ -96,16 +148,17 @@ def madvise_dontneed(cpu: Cpu, op) -> Step:
         return "skipped: kernel thread"
     start, end = op.addr, op.addr + op.len
     yield from down_read(cpu, mm.mmap_lock)
-    ranges = [(max(v.start, start), min(v.end, end)) for v in mm.vmas if v.start < end and start < v.end]
+    ranges = [v.piece(max(v.start, start), min(v.end, end)) for v in mm.vmas
+              if v.start < end and start < v.end]
     if not ranges:
         up_read(cpu, mm.mmap_lock)
         return "ENOMEM"
     S = m.S
     tlb = tlb_gather_mmu(cpu, mm)
     details = ZapDetails(reclaim_pt=True)
-    for s, e in ranges:
+    for v in ranges:
         # zap_page_range_single_batched()
-        yield from unmap_vmas(tlb, [(s, e)], s, e, details, "CLEAR")
+        yield from unmap_vmas(tlb, [v], v.start, v.end, details, "CLEAR")
     yield from S.tlb_finish_mmu(tlb)
     up_read(cpu, mm.mmap_lock)
     return "zapped"
@@ -119,7 +172,7 @@ def exit_mmap(cpu: Cpu, mm: Mm) -> Step:
     yield from down_read(cpu, mm.mmap_lock)
     if m.P.exit_mmap is not None:
         yield from m.P.exit_mmap(cpu, mm)  # arch_exit_mmap()
-    ranges = [(v.start, v.end) for v in mm.vmas]
+    ranges = list(mm.vmas)
     tlb = tlb_gather_mmu(cpu, mm, fullmm=True)
     if ranges:
         yield from unmap_vmas(tlb, ranges, 0, -1, ZapDetails(False), "UNMAP")

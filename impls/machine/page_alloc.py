@@ -40,6 +40,7 @@ class Frame:
     __slots__ = (
         "pfn", "gen", "state", "level", "mm", "entries", "refcount", "mapcount",
         "ptl", "data", "pinned", "xen_pinned", "ro", "owner_va", "share_count",
+        "mapping", "index", "lock_owner",
     )
 
     def __init__(self, pfn: int) -> None:
@@ -58,6 +59,9 @@ class Frame:
         self.ro = False          # direct-map alias read-only (Xen PV tables)
         self.owner_va = 0        # base VA this table translates (for reports)
         self.share_count = 0     # ptdesc->pt_share_count: other mms sharing this PMD table
+        self.mapping = None      # folio->mapping: the file whose page cache holds this page
+        self.index = 0           # folio->index: its page offset in that file
+        self.lock_owner: int | None = None  # PG_locked (folio_lock()): the CPU holding it
 
     def describe(self) -> str:
         if self.state == TABLE:
@@ -104,6 +108,9 @@ class Frames:
         f.data = 0
         f.owner_va = va
         f.share_count = 0  # ptdesc_pmd_pts_init()
+        f.mapping = None
+        f.index = 0
+        f.lock_owner = None
         f.ptl = SpinLock("ptl", f, f.gen) if state == TABLE else None
         self.h.emit_attrs(cpu, "alloc",
                           {"pfn": f.pfn, "gen": f.gen, "state": state, "level": level, "mm": mm, "va": va})

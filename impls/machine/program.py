@@ -29,6 +29,19 @@ OP_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "kvm_fault": (("addr",), "KVM maps guest page addr (secondary MMU fed by mmu notifiers)"),
     "kvm_access": (("addr",), "a guest access through KVM's secondary page tables"),
     "iommu_access": (("addr",), "a device DMA through the IOMMU (SVA): IOTLB + PSC, hardware walk"),
+    "truncate": (("file", "offset", "len"), "punch a hole in shmem file F (shmem_fallocate(PUNCH_HOLE)): "
+                 "unmap_mapping_range() in every mm that maps the range, from this CPU, then the "
+                 "page-cache pages are dropped"),
+}
+
+#: arguments an operation may take besides its required ones (name -> args)
+OPTIONAL_ARGS: dict[str, tuple[str, ...]] = {
+    "mmap": ("file", "offset"),
+}
+
+#: the kinds of file a program may declare (``files:``)
+FILE_KINDS: dict[str, str] = {
+    "shmem": "a tmpfs/shmem file: page-cache pages with their own lifetime, mapped MAP_SHARED",
 }
 
 
@@ -40,14 +53,21 @@ class Op:
     len: int = 0
     write: bool = False
     mm: int | None = None
+    #: a file index (``files:`` of the program): mmap of a file, truncate
+    file: int | None = None
+    #: a byte offset into ``file``
+    offset: int = 0
 
     def describe(self) -> str:
-        args = OP_KINDS[self.kind][0]
+        args = OP_KINDS[self.kind][0] + tuple(a for a in OPTIONAL_ARGS.get(self.kind, ())
+                                              if self.file is not None)
         parts = []
         for a in args:
             v = getattr(self, a)
-            if a in ("addr", "len"):
+            if a in ("addr", "len", "offset"):
                 parts.append(f"{a}={v:#x}")
+            elif a == "file":
+                parts.append(f"file{v}")
             elif a == "write":
                 if v:
                     parts.append("write")
@@ -96,6 +116,10 @@ class Program:
     ops: tuple[Op, ...] = ()
     env: Env = field(default_factory=Env)
     schedule: Schedule | None = None
+    #: the files the program's mms may map: a kind of FILE_KINDS each
+    files: tuple[str, ...] = ()
+    #: initial file-backed VMAs: (mm, start, len, file, offset)
+    file_vmas: tuple[tuple[int, int, int, int, int], ...] = ()
 
     def start_of(self, cpu: int) -> int | None:
         if cpu < len(self.start):

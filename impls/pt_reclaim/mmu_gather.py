@@ -49,7 +49,8 @@ KERNEL = "PT_RECLAIM + MMU_GATHER_RCU_TABLE_FREE (x86-64 v6.14+)"
 SAFE_ON = ("native", "native+pt-reclaim", "xen-pv", "broadcast", "native+batch-fail",
            "xen-pv+batch-fail", "broadcast+batch-fail", "native+pt-reclaim+batch-fail",
            "native+lazy",
-           "native+secondary-mmu", "native+switch")
+           "native+secondary-mmu", "native+switch", "native+file", "xen-pv+file",
+           "broadcast+file")
 
 
 class MmuTableBatch:

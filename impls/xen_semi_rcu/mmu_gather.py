@@ -56,7 +56,8 @@ NAME = "semi-rcu"
 KERNEL = "MMU_GATHER_RCU_TABLE_FREE, !PT_RECLAIM (x86 PARAVIRT guests v4.19-v6.13)"
 SAFE_ON = ("native", "xen-pv", "broadcast", "native+batch-fail", "xen-pv+batch-fail",
            "broadcast+batch-fail", "native+lazy",
-           "native+secondary-mmu", "native+switch")
+           "native+secondary-mmu", "native+switch", "native+file", "xen-pv+file",
+           "broadcast+file")
 
 
 class MmuTableBatch:
