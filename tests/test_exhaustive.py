@@ -273,3 +273,16 @@ def test_matrix_exhaustive_cells(tmp_path: Path):
                                                ex_budget=0.001))
     assert partial.verdict == "S" and partial.proof == "sampled"
     assert "sampled" in partial.short()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p, _ in SMALL] + ["corpus/ptewalk+madvise+ptreclaim+batchfail.yaml",
+                                                          "corpus/gupfast+munmap+xenflush.yaml"])
+@pytest.mark.parametrize("strategy", registry.STRATEGIES)
+def test_reduction_agrees_with_brute_force_all_strategies(path: str, strategy: str):
+    """The longer version: every built-in, two choices."""
+    lit, platform = load(path)
+    s = registry.strategy(strategy)
+    full, _ = outcomes(lit.program, s, platform, reduce=False, f=2)
+    red, _ = outcomes(lit.program, s, platform, reduce=True, f=2)
+    assert red == full
