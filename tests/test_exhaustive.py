@@ -150,32 +150,46 @@ def test_a_bound_that_cuts_nothing_covers_all_schedules():
 
 # -- planted bugs with litmus reproducers -----------------------------------------------
 
-MUTANT_FILES = [p for p in corpus.litmus_files(ROOT / "corpus")
-                if "tests/mutants/" in (corpus.load(p).program.platform or "")]
+def _mutant_cases() -> list[tuple[Path, str]]:
+    """(litmus file, strategy) for every planted bug of tests/mutants that has a
+    litmus reproducer in corpus/: a mutant platform, or a mutant strategy
+    named by an ``expect:`` key, with an expected U."""
+    out = []
+    for p in corpus.litmus_files(ROOT / "corpus"):
+        lit = corpus.load(p)
+        mutant_platform = "tests/mutants/" in (lit.program.platform or "")
+        for key in lit.expect:
+            resolved = corpus.resolve_expect_key(lit, key)
+            if (mutant_platform or "tests/mutants/" in resolved) and lit.expected_checks(
+                    registry.strategy(resolved).name):
+                out.append((p, resolved))
+    return out
+
+
+MUTANT_CASES = _mutant_cases()
 
 
 def test_the_corpus_has_mutant_reproducers():
-    assert len(MUTANT_FILES) >= 2
+    assert len({p for p, _ in MUTANT_CASES}) >= 3
+    assert any("tests/mutants/" in s for _, s in MUTANT_CASES)
 
 
-@pytest.mark.parametrize("path", MUTANT_FILES, ids=lambda p: p.stem)
-def test_planted_bug_found_at_its_smallest_bound(path: Path):
+@pytest.mark.parametrize("path,strategy", MUTANT_CASES,
+                         ids=lambda x: x.stem if isinstance(x, Path) else Path(x).stem)
+def test_planted_bug_found_at_its_smallest_bound(path: Path, strategy: str):
     lit = corpus.load(path)
-    platform = registry.platform(str(path.parent / lit.program.platform))
+    platform = registry.platform(lit.program.platform)
     k_file = lit.program.schedule.preemptions if lit.program.schedule else 0
-    for name in registry.STRATEGIES:
-        exp = lit.expected_checks(name)
-        if not exp:
-            continue
-        s = registry.strategy(name)
-        r = explore(lit.program, s, platform, k_file, 1, reduce=False)
-        assert r.violation is not None, f"{name}: not found within the file's {k_file} preemptions"
-        k = r.violation.preemptions
-        assert k <= k_file
-        assert set(r.violation.verdict.checks()) & set(exp)
-        if k > 0:  # smallest: one preemption fewer proves it absent
-            below = explore(lit.program, s, platform, k - 1, 1, reduce=False)
-            assert below.proven
+    s = registry.strategy(strategy)
+    exp = lit.expected_checks(s.name)
+    r = explore(lit.program, s, platform, k_file, 1, reduce=False)
+    assert r.violation is not None, f"{s.name}: not found within the file's {k_file} preemptions"
+    k = r.violation.preemptions
+    assert k <= k_file
+    assert set(r.violation.verdict.checks()) & set(exp)
+    if k > 0:  # smallest: one preemption fewer proves it absent
+        below = explore(lit.program, s, platform, k - 1, 1, reduce=False)
+        assert below.proven
 
 
 # -- footprints ------------------------------------------------------------------------
