@@ -32,7 +32,7 @@ def strategies_of(lit: corpus.Litmus, path: Path) -> list[tuple[str, object, lis
             s = registry.strategy(corpus.resolve_expect_key(lit, key))
         else:
             s = registry.strategy(key)
-        out.append((key, s, lit.expected_checks(s.name) or []))
+        out.append((key, s, lit.expected_checks(key) or []))
     return out
 
 

@@ -160,8 +160,7 @@ def _mutant_cases() -> list[tuple[Path, str]]:
         mutant_platform = "tests/mutants/" in (lit.program.platform or "")
         for key in lit.expect:
             resolved = corpus.resolve_expect_key(lit, key)
-            if (mutant_platform or "tests/mutants/" in resolved) and lit.expected_checks(
-                    registry.strategy(resolved).name):
+            if (mutant_platform or "tests/mutants/" in resolved) and lit.expected_checks(key):
                 out.append((p, resolved))
     return out
 
@@ -181,6 +180,7 @@ def test_planted_bug_found_at_its_smallest_bound(path: Path, strategy: str):
     platform = registry.platform(lit.program.platform)
     k_file = lit.program.schedule.preemptions if lit.program.schedule else 0
     s = registry.strategy(strategy)
+    lit.bind([s])
     exp = lit.expected_checks(s.name)
     r = explore(lit.program, s, platform, k_file, 1, reduce=False)
     assert r.violation is not None, f"{s.name}: not found within the file's {k_file} preemptions"
