@@ -368,6 +368,8 @@ def _platform_options(ctx, platform: str, raw: Any) -> tuple[tuple[str, str], ..
     if not isinstance(raw, dict):
         raise ctx.fail(("env", "options"), f"expected a mapping {{option: value}}, got {_type(raw)}")
     declared = registry.platform(platform).meta["options"] if platform in registry.PLATFORM_MODULES else None
+    # YAML reads a bare on/off as a boolean
+    raw = {k: ("on" if v else "off") if isinstance(v, bool) else v for k, v in raw.items()}
     for k, v in raw.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise ctx.fail(("env", "options"), "expected option names and values as strings")

@@ -74,6 +74,14 @@ class Environment:
             # xen_flush_tlb_multi() / INVLPGB: remote CPUs never run flush_tlb_func(),
             # whose lazy-TLB branch (switch to init_mm) is what this behaviour counts
             out["lazy-cpu-table-flush"] = f"{name}'s flush does not run flush_tlb_func() on other CPUs"
+        if builtin and name != "native":
+            # should_flush_tlb() and flush_tlb_func() on remote CPUs are native_flush_tlb_multi()'s
+            out["flush-ipi-to-switching-cpu"] = f"{name}'s flush does not ask should_flush_tlb()"
+            out["cpumask-trimmed"] = f"{name}'s flush does not run flush_tlb_func() on other CPUs"
+        if builtin and name == "xen-pv":
+            out["asid-reloaded-without-flush"] = "Xen PV guests run without PCIDs"
+        if builtin and name != "xen-pv" or getattr(platform, "release_pte", True) is None:
+            out["xen-type-change-flush"] = f"{name} is not Xen PV"
         if not self.lazy_tlb:
             # no kernel-thread switch and no exit is generated (fuzz.generate.op_weights)
             out["lazy-cpu-table-flush"] = "no lazy-TLB CPUs in this environment"

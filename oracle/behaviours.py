@@ -38,6 +38,8 @@ BEHAVIOURS: dict[str, str] = {
     "rmap-zap-foreign-mm": "an rmap zap (truncate) gathered and flushed an mm its CPU was not running",
     "truncate-unmapped-refaulted-page": "a hole punch found a page a racing fault had mapped again "
     "after the range was unmapped, and unmapped it once more (truncate_cleanup_folio())",
+    "xen-type-change-flush": "Xen flushed vCPUs when a released page-table page became writable "
+    "(_get_page_type(), filtered by its TLB-flush clock)",
 }
 
 
@@ -55,7 +57,8 @@ class Behaviours:
             "walker_map", "walker_unmap", "op_end", "entry_write", "free", "alloc_fail", "switch_mm",
             "ipi_send", "xen_mc_deferred", "gp_end", "gup_put", "pt_reclaim", "need_resched",
             "pmd_changed", "hw_read", "tlbsync", "mmdrop", "free_held", "gup_start", "gup_return",
-            "flush_ipi_switching", "cr3_load", "cpumask_clear", "rmap_zap", "folio_still_mapped")}
+            "flush_ipi_switching", "cr3_load", "cpumask_clear", "rmap_zap", "folio_still_mapped",
+            "xen_type_change_flush")}
 
     def _walker_map(self, ev: Event, sh: Shadow) -> None:
         self.mapped[ev.cpu] = (ev.a["pfn"], ev.a["gen"])
@@ -142,6 +145,9 @@ class Behaviours:
 
     def _folio_still_mapped(self, ev: Event, sh: Shadow) -> None:
         self.hit("truncate-unmapped-refaulted-page")
+
+    def _xen_type_change_flush(self, ev: Event, sh: Shadow) -> None:
+        self.hit("xen-type-change-flush")
 
     def _gup_start(self, ev: Event, sh: Shadow) -> None:
         self.gup_started[ev.cpu] = ev.seq

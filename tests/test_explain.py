@@ -63,7 +63,7 @@ def test_example_a_marks_the_freed_table_read(example_a_text):
     assert len(marked) == 1
     i = marked[0]
     row = " ".join(ln.strip() for ln in lines[i:i + 3])  # the row may wrap
-    assert "#136" in row and "pte = PT[0]" in row and "freed memory" in row and "<== UAF-TABLE" in row
+    assert "#139" in row and "pte = PT[0]" in row and "freed memory" in row and "<== UAF-TABLE" in row
     _, cols = _columns(example_a_text)
     assert lines[i].index("pte = PT[0]") == cols["CPU1"]
     # the violating read comes after the free and the reuse of the frame, in history order
@@ -77,7 +77,7 @@ def test_example_a_prints_summary_and_explanation(example_a_text):
     assert "UAF-TABLE (table-uaf): CPU1 gup_fast read table pfn 0x4 (generation 1) after it was freed" in flat
     assert "Flags a software walker (or a writer) that loaded" in flat
     assert "Hypercall and broadcast flushes do not wait for IRQ-off walkers" in flat
-    assert "[witness #64 #94 #104 #116 #136]" in flat
+    assert "[witness #64 #94 #107 #119 #139]" in flat
 
 
 def test_noise_is_collapsed(example_a_text):
@@ -121,7 +121,7 @@ def test_html_is_standalone_with_lanes_and_the_violation(capsys, tmp_path):
     for lane in ("CPU0", "CPU1", "IPIs / hypercalls", "PT pfn 0x4"):
         assert lane in head
     vio = re.findall(r'<tr id="ev(\d+)" class="[^"]*\bvio\b', page)
-    assert vio == ["136"]
+    assert vio == ["139"]
     assert "&lt;== UAF-TABLE" in page
     assert "Flags a software walker (or a writer) that loaded" in page
     # the table's life is drawn: freed, then reused

@@ -20,11 +20,35 @@
   for freeing (before the flush); ``xen_exit_mmap()`` first moves every vCPU
   whose *effective* CR3 is the pgd off it (``xen_drop_mm_ref()``), then unpins
   the whole tree.  Xen refuses to unpin a pgd still loaded on a vCPU.
+* **Xen's own flushes.**  Read in xen-project/xen (xen/arch/x86/mm.c,
+  ``_get_page_type()``, ``_put_final_page_type()``; flushtlb.c and
+  asm/flushtlb.h, the TLB-flush clock; staging, 2025).  When a page-table
+  page's last type reference goes (the unpin, or the parent entry cleared),
+  ``_put_final_page_type()`` devalidates it and stamps it with the TLB-flush
+  clock (``set_tlbflush_timestamp()``).  When the guest then maps it writable
+  (``__set_pfn_prot(pfn, PAGE_KERNEL)`` in ``xen_release_ptpage()`` or
+  ``xen_pgd_unpin()``), ``_get_page_type(PGT_writable_page)`` sees a type
+  change and flushes the TLB of every CPU of the domain's dirty mask that has
+  not flushed since that stamp (``tlbflush_filter()``: "It is vital that no
+  other CPUs are left with writeable mappings to a frame which is intending to
+  become pgtable/segdesc"; for a former page table, by IPI).  The clock
+  (``tlbflush_clock``) ticks at every full flush Xen does on any CPU (a guest
+  CR3 write, ``MMUEXT_TLB_FLUSH_MULTI``, these flushes), and each CPU records
+  when it last flushed (``tlbflush_time``).  So the paging-structure-cache
+  entries of a table Linux releases are gone from every vCPU before Linux
+  even flushes, whatever Linux's flush does; leaf entries of data pages are
+  not (their type never changes).  The option ``type_change_flush``:
+  ``filtered`` (current Xen, the default) or ``off`` (no such flush: what the
+  model did before, to show what Xen's flush covers).
 
 MODEL: one pgd per mm (no separate user pgd); Xen's type reference on an upper
-table linked into a pinned tree counts as a pin; local flushes
-(``xen_flush_tlb_one_user()``, ``xen_flush_tlb()``) take effect at once; the
-multicall buffer has no size limit.
+table linked into a pinned tree counts as a pin (so a table is stamped when
+it is released, right after the guest cleared its parent entry, with no clock
+tick possible in between); local flushes (``xen_flush_tlb_one_user()``,
+``xen_flush_tlb()``) take effect at once and do not tick the clock (a CPU
+thus looks less recently flushed than it is, so Xen's filter flushes it
+again: harmless, its entries are gone already); every vCPU is always in the
+domain's dirty mask; the multicall buffer has no size limit.
 """
 
 from __future__ import annotations
@@ -46,6 +70,9 @@ OPTIONS = {
     "invlpg": ("amd-tce", ("amd-tce", "intel"),
                "what Xen's INVLPG (MMUEXT_INVLPG_MULTI) drops from the paging-structure caches: "
                "the address's path (AMD with TCE) or every entry (Intel)"),
+    "type_change_flush": ("filtered", ("filtered", "off"),
+                          "Xen flushes the vCPUs not flushed since a page-table page was devalidated "
+                          "when the guest makes it writable (_get_page_type()); off: it does not"),
 }
 
 XEN_LAZY_NONE, XEN_LAZY_MMU, XEN_LAZY_CPU = 0, 1, 2
@@ -53,7 +80,70 @@ XEN_LAZY_NONE, XEN_LAZY_MMU, XEN_LAZY_CPU = 0, 1, 2
 
 def init(m) -> None:
     for c in m.cpus:
-        c.pv.update(lazy=XEN_LAZY_NONE, mc=[], cbs=[], xen_cr3=(0, 0), xen_current_cr3=(0, 0))
+        c.pv.update(lazy=XEN_LAZY_NONE, mc=[], cbs=[], xen_cr3=(0, 0), xen_current_cr3=(0, 0),
+                    tlbflush_time=0)
+    # xen/arch/x86/flushtlb.c: u32 tlbflush_clock = 1U; per-frame timestamps
+    m.pv.update(tlbflush_clock=1, tlbflush_timestamp={},
+                type_change_flush=m.popts.get("type_change_flush") == "filtered")
+
+
+# -- Xen's TLB-flush clock (xen/arch/x86/flushtlb.c, asm/flushtlb.h) ------------------
+
+def pre_flush(m) -> int:
+    """flushtlb.c: pre_flush(): tick the clock before a full flush (MODEL: it
+    never wraps)."""
+    t = m.pv["tlbflush_clock"] + 1
+    m.pv["tlbflush_clock"] = t
+    return t
+
+
+def xen_flush_local(m, c: Cpu, why: str) -> None:
+    """flush_area_local(FLUSH_TLB) on vCPU ``c``'s processor: ``pre_flush()``,
+    the flush, ``post_flush()`` (``this_cpu(tlbflush_time) = t``)."""
+    t = pre_flush(m)
+    flush_all(c.id, m.h, c.tlb, c.psc, why)
+    c.pv["tlbflush_time"] = t
+
+
+def NEED_FLUSH(m, cpu_stamp: int, lastuse_stamp: int) -> bool:
+    """asm/flushtlb.h: NEED_FLUSH(): has the CPU not flushed since the page
+    stopped being used (``cpu_stamp <= lastuse_stamp``)?"""
+    curr_time = m.pv["tlbflush_clock"]
+    return curr_time == 0 or (cpu_stamp <= lastuse_stamp <= curr_time)
+
+
+def tlbflush_filter(m, mask: list[Cpu], page_timestamp: int) -> list[Cpu]:
+    """asm/flushtlb.h: tlbflush_filter(): keep the CPUs that need a flush."""
+    return [c for c in mask if NEED_FLUSH(m, c.pv["tlbflush_time"], page_timestamp)]
+
+
+def set_tlbflush_timestamp(m, f: Frame) -> None:
+    """mm.c: _put_final_page_type() -> set_tlbflush_timestamp(): the page-table
+    page lost its last type reference now."""
+    m.pv["tlbflush_timestamp"][f.pfn] = m.pv["tlbflush_clock"]
+
+
+def get_page_type_writable(m, frames: list[Frame], why: str) -> None:
+    """mm.c: _get_page_type(page, PGT_writable_page) on pages that were page
+    tables (typeref 0, a type change): "On type change we check to flush stale
+    TLB entries. It is vital that no other CPUs are left with writeable
+    mappings to a frame which is intending to become pgtable/segdesc" --
+    ``d->dirty_cpumask`` filtered by the page's timestamp, flushed by IPI
+    (FLUSH_TLB | FLUSH_NO_ASSIST for a former page table)."""
+    if not m.pv["type_change_flush"] or not frames:
+        return
+    stamps = m.pv["tlbflush_timestamp"]
+    need: list[Cpu] = []
+    for f in frames:
+        for c in tlbflush_filter(m, m.cpus, stamps.get(f.pfn, 0)):
+            if c not in need:
+                need.append(c)
+    if not need:
+        return
+    m.h.emit(HW, "xen_type_change_flush", pfns=tuple(f.pfn for f in frames),
+             cpus=tuple(c.id for c in need))
+    for c in need:
+        xen_flush_local(m, c, why)
 
 
 # -- multicalls (arch/x86/xen/multicalls.c) ---------------------------------------
@@ -133,7 +223,7 @@ def flush_tlb_multi(cpu: Cpu, cpumask: int, info: FlushTlbInfo) -> Step:
             if single:
                 invlpg(t, m.h, tc.tlb, tc.psc, info.start, why, all_psc=m.invlpg_all_psc)
             else:
-                flush_all(t, m.h, tc.tlb, tc.psc, why)
+                xen_flush_local(m, tc, why)
 
     __xen_mc_entry(cpu, "MMUEXT_INVLPG_MULTI" if single else "MMUEXT_TLB_FLUSH_MULTI", run)
     xen_mc_issue(cpu, XEN_LAZY_MMU)
@@ -157,7 +247,11 @@ def load_cr3(cpu: Cpu, mm: Mm, asid: int, need_flush: bool) -> None:
     m.h.emit(cpu.id, "xen_cr3", pfn=new[0])
 
     def run() -> None:
+        # write_ptbase() -> switch_cr3_cr4(): a flushing CR3 write, which ticks
+        # the TLB-flush clock (pre_flush()/post_flush())
+        t = pre_flush(m)
         set_hw_cr3(cpu, mm)
+        cpu.pv["tlbflush_time"] = t
 
     __xen_mc_entry(cpu, "MMUEXT_NEW_BASEPTR", run)
     xen_mc_callback(cpu, lambda: set_current_cr3(cpu, new))
@@ -216,9 +310,21 @@ def _release_ptpage(cpu: Cpu, f: Frame) -> None:
         return
     gen = f.gen
     __xen_mc_entry(cpu, "UNPIN+update_va_mapping(RW)" if f.level == 1 else "update_va_mapping(RW)",
-                   lambda: _set_pinned_state(m, f, gen, False, "release_ptpage"))
+                   lambda: _release_run(m, f, gen))
     xen_mc_issue(cpu, XEN_LAZY_MMU)
     f.pinned = False
+
+
+def _release_run(m, f: Frame, gen: int) -> None:
+    """What Xen does with xen_release_ptpage()'s multicall: MMUEXT_UNPIN_TABLE
+    drops the last type reference (the guest cleared the parent entry just
+    before: ``_put_final_page_type()`` stamps the page), then
+    ``update_va_mapping(RW)`` takes a writable type reference: a type change,
+    so ``_get_page_type()`` flushes the CPUs not flushed since the stamp."""
+    _set_pinned_state(m, f, gen, False, "release_ptpage")
+    if f.gen == gen and f.state == TABLE:
+        set_tlbflush_timestamp(m, f)
+        get_page_type_writable(m, [f], f"xen type change pfn {f.pfn:#x}")
 
 
 def release_pte(cpu: Cpu, f: Frame) -> None:
@@ -273,6 +379,12 @@ def xen_pgd_unpin(cpu: Cpu, mm: Mm) -> None:
             return
         for f, gen in tree:
             _set_pinned_state(m, f, gen, False, "pgd_unpin")
+        # MMUEXT_UNPIN_TABLE devalidated the whole tree (each table stamped),
+        # then update_va_mapping(RW) of each: one filtered type-change flush
+        live = [f for f, gen in tree if f.gen == gen and f.state == TABLE]
+        for f in live:
+            set_tlbflush_timestamp(m, f)
+        get_page_type_writable(m, live, f"xen type change (pgd unpin, mm{mm.id})")
 
     __xen_mc_entry(cpu, "MMUEXT_UNPIN_TABLE(pgd)+update_va_mapping(RW)...", run)
     xen_mc_issue(cpu, 0)
