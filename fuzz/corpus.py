@@ -249,6 +249,10 @@ def _op(ctx: _Ctx, path: tuple, d: Any, cpus: int, mms: int, default_cpu: int | 
             if "len" not in d:
                 raise ctx.fail(path, "missing key 'len'")
             kw["len"] = _len(ctx, path + ("len",), d["len"])
+        elif a == "new_addr":
+            if "new_addr" not in d:
+                raise ctx.fail(path, "missing key 'new_addr'")
+            kw["new_addr"] = _addr(ctx, path + ("new_addr",), d["new_addr"])
         elif a == "file":
             if "file" not in d:
                 raise ctx.fail(path, "missing key 'file' (an index into files:)")
@@ -558,7 +562,7 @@ def _op_yaml(op: Op, with_cpu: bool = True) -> str:
     optional = OPTIONAL_ARGS.get(op.kind, ()) if op.file is not None else ()
     for a in OP_KINDS[op.kind][0] + optional:
         v = getattr(op, a)
-        if a in ("addr", "len", "offset"):
+        if a in ("addr", "len", "offset", "new_addr"):
             parts.append(f"{a}: {_hex(v)}")
         elif a == "file":
             parts.append(f"file: {v}")

@@ -94,6 +94,8 @@ class Environment:
         if not self.files:
             out["rmap-zap-foreign-mm"] = "no file mappings in this environment"
             out["truncate-unmapped-refaulted-page"] = "no file mappings in this environment"
+            out["moved-pte-cached-at-old-address"] = "no mremap is generated in this environment"
+            out["moved-table-cached-at-old-address"] = "no mremap is generated in this environment"
         if self.choice_biases().get("alloc_fails:mmu_table_batch", 0.0) <= 0.0:
             out["table-batch-alloc-failed"] = "table-batch allocations never fail here"
         return out
@@ -106,9 +108,10 @@ _RECLAIM = {"pte_walk": 6.0, "madvise": 5.0, "populate": 3.0}
 _LAZY = {"switch": 6.0, "spec_walk": 6.0}
 #: shared file mappings: walkers and accesses in several mms meet truncates
 #: from CPUs that run none of them
-_FILE = {"truncate": 4.0, "mmap": 3.0, "access": 7.0, "gup_fast": 6.0}
-_FILE_DESC = ("{base} with a shmem file mapped MAP_SHARED by 2-3 mms, and truncate (hole punch) "
-              "zapping its pages in every mm through the i_mmap rmap, from any CPU")
+_FILE = {"truncate": 4.0, "mmap": 3.0, "access": 7.0, "gup_fast": 6.0, "mremap": 3.0}
+_FILE_DESC = ("{base} with a shmem file mapped MAP_SHARED by 2-3 mms, truncate (hole punch) "
+              "zapping its pages in every mm through the i_mmap rmap, from any CPU, and mremap "
+              "moving PTEs and whole PTE tables under walkers")
 
 ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
     Environment("native", "E1", "native",

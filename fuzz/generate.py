@@ -43,6 +43,8 @@ FILE_SLOTS: tuple[tuple[int, int], ...] = (
     (0x80000000, PMD_SIZE),        # alone in its GiB
 )
 ALL_SLOTS = SLOTS + FILE_SLOTS
+#: slots whose next 2 MiB is never mapped: an mremap may land a page past them
+ISOLATED_SLOTS = (2, 3, len(SLOTS) + 1)
 PAGES_PER_SLOT = 3
 
 
@@ -141,7 +143,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "gup_fast": 6, "munmap": 4, "mmap": 3, "access": 6, "populate": 1, "pte_walk": 2,
     "madvise": 2, "spec_walk": 3, "switch": 2, "exit": 0.3,
     "kvm_fault": 2, "kvm_access": 2, "iommu_access": 2,
-    "truncate": 0,
+    "truncate": 0, "mremap": 0,
 }
 
 
@@ -153,6 +155,9 @@ class _State:
     touched: dict[int, set[tuple[int, int]]]    # mm -> (slot, page) touched
     running: list[int | None]                   # cpu -> mm (None: kernel thread)
     alive: set[int]
+    #: (mm, slot) -> bytes the slot's VMA starts after the slot's address (an
+    #: mremap to a page-misaligned destination, which moves PTEs one by one)
+    shift: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
 def op_weights(cfg: GenConfig) -> dict[str, float]:
@@ -218,8 +223,9 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
                    file_vmas=tuple(file_vmas))
 
 
-def _page_addr(slot: int, page: int) -> int:
-    return ALL_SLOTS[slot][0] + page * PAGE_SIZE
+def _page_addr(slot: int, page: int, st: _State | None = None, mm: int | None = None) -> int:
+    shift = st.shift.get((mm, slot), 0) if st is not None else 0
+    return ALL_SLOTS[slot][0] + shift + page * PAGE_SIZE
 
 
 def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float],
@@ -257,7 +263,7 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             slot, page = 0, 0
         if kind == "kvm_fault":
             st.touched[mm].add((slot, page))
-        return Op(cpu, kind, addr=_page_addr(slot, page), write=kind == "gup_fast" and draw.bool(0.5))
+        return Op(cpu, kind, addr=_page_addr(slot, page, st, mm), write=kind == "gup_fast" and draw.bool(0.5))
     if kind in ("access", "populate"):
         if not mapped:
             return Op(cpu, "mmap", addr=SLOTS[0][0], len=SLOTS[0][1]) if _map(st, mm, 0) else None
@@ -265,10 +271,10 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         if kind == "populate":
             n = draw.int(1, PAGES_PER_SLOT)
             st.touched[mm].update((slot, p) for p in range(n))
-            return Op(cpu, "populate", addr=ALL_SLOTS[slot][0], len=n * PAGE_SIZE)
+            return Op(cpu, "populate", addr=_page_addr(slot, 0, st, mm), len=n * PAGE_SIZE)
         page = draw.int(0, PAGES_PER_SLOT - 1)
         st.touched[mm].add((slot, page))
-        return Op(cpu, "access", addr=_page_addr(slot, page), write=draw.bool(0.7))
+        return Op(cpu, "access", addr=_page_addr(slot, page, st, mm), write=draw.bool(0.7))
     if kind == "munmap":
         if not mapped:
             return None
@@ -280,13 +286,14 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             st.mapped[mm].discard(1)
             st.touched[mm] = {t for t in st.touched[mm] if t[0] != 1}
             return Op(cpu, "munmap", addr=SLOTS[0][0], len=2 * PMD_SIZE)
-        return Op(cpu, "munmap", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1])
+        return Op(cpu, "munmap", addr=_page_addr(slot, 0, st, mm), len=ALL_SLOTS[slot][1])
     if kind == "mmap":
         free = [i for i in range(len(ALL_SLOTS) if files else len(SLOTS)) if i not in st.mapped[mm]]
         if not free:
             return None
         slot = free[draw.int(0, len(free) - 1)]
         _map(st, mm, slot)
+        st.shift.pop((mm, slot), None)
         if slot >= len(SLOTS):
             return Op(cpu, "mmap", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1], file=0, offset=0)
         return Op(cpu, "mmap", addr=SLOTS[slot][0], len=SLOTS[slot][1])
@@ -295,7 +302,28 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             return None
         slot = mapped[draw.int(0, len(mapped) - 1)]
         st.touched[mm] = {t for t in st.touched[mm] if t[0] != slot}
-        return Op(cpu, "madvise", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1])
+        return Op(cpu, "madvise", addr=_page_addr(slot, 0, st, mm), len=ALL_SLOTS[slot][1])
+    if kind == "mremap":
+        # move a whole slot's VMA to a free slot of the same kind: PMD-aligned,
+        # whole PTE tables move (move_normal_pmd()); a page past an isolated
+        # slot, PTEs move one by one (move_ptes()) into two new PTE tables
+        if not mapped:
+            return None
+        src = mapped[draw.int(0, len(mapped) - 1)]
+        kinds = range(len(SLOTS), len(ALL_SLOTS)) if src >= len(SLOTS) else range(len(SLOTS))
+        free = [t for t in kinds if t not in st.mapped[mm]]
+        if not free:
+            return None
+        dst = free[draw.int(0, len(free) - 1)]
+        shift = PAGE_SIZE if dst in ISOLATED_SLOTS and draw.bool(0.5) else 0
+        old = _page_addr(src, 0, st, mm)
+        st.mapped[mm].discard(src)
+        st.mapped[mm].add(dst)
+        st.shift.pop((mm, src), None)
+        if shift:
+            st.shift[(mm, dst)] = shift
+        st.touched[mm] = {(dst if x == src else x, pg) for x, pg in st.touched[mm] if x != dst}
+        return Op(cpu, "mremap", addr=old, len=ALL_SLOTS[src][1], new_addr=ALL_SLOTS[dst][0] + shift)
     if kind == "switch":
         options: list[int | None] = [m for m in sorted(st.alive) if m != mm]
         if lazy_tlb:

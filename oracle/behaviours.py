@@ -36,6 +36,10 @@ BEHAVIOURS: dict[str, str] = {
     "(its entries survived the switch away and back)",
     "cpumask-trimmed": "a CPU that ran another mm left mm_cpumask in flush_tlb_func()",
     "rmap-zap-foreign-mm": "an rmap zap (truncate) gathered and flushed an mm its CPU was not running",
+    "moved-pte-cached-at-old-address": "mremap moved a PTE while a CPU still had a TLB entry for "
+    "the old address (the flush before the PTLs are dropped is what removes it)",
+    "moved-table-cached-at-old-address": "mremap moved a whole PTE table (move_normal_pmd()) while "
+    "a CPU still cached the old PMD's pointer to it in its paging-structure cache",
     "truncate-unmapped-refaulted-page": "a hole punch found a page a racing fault had mapped again "
     "after the range was unmapped, and unmapped it once more (truncate_cleanup_folio())",
     "xen-type-change-flush": "Xen flushed vCPUs when a released page-table page became writable "
@@ -58,7 +62,7 @@ class Behaviours:
             "ipi_send", "xen_mc_deferred", "gp_end", "gup_put", "pt_reclaim", "need_resched",
             "pmd_changed", "hw_read", "tlbsync", "mmdrop", "free_held", "gup_start", "gup_return",
             "flush_ipi_switching", "cr3_load", "cpumask_clear", "rmap_zap", "folio_still_mapped",
-            "xen_type_change_flush")}
+            "xen_type_change_flush", "ptes_moved", "table_moved")}
 
     def _walker_map(self, ev: Event, sh: Shadow) -> None:
         self.mapped[ev.cpu] = (ev.a["pfn"], ev.a["gen"])
@@ -142,6 +146,16 @@ class Behaviours:
 
     def _rmap_zap(self, ev: Event, sh: Shadow) -> None:
         self.hit("rmap-zap-foreign-mm")
+
+    def _ptes_moved(self, ev: Event, sh: Shadow) -> None:
+        lo, hi = ev.a["old"] >> 12, ev.a["end"] >> 12
+        if any(lo <= vpn < hi for agent, tlb in sh.tlb.items() if agent >= 0 for vpn in tlb):
+            self.hit("moved-pte-cached-at-old-address")
+
+    def _table_moved(self, ev: Event, sh: Shadow) -> None:
+        key = (ev.a["pfn"], ev.a["gen"])
+        if any(v[:2] == key for agent, psc in sh.psc.items() if agent >= 0 for v in psc.values()):
+            self.hit("moved-table-cached-at-old-address")
 
     def _folio_still_mapped(self, ev: Event, sh: Shadow) -> None:
         self.hit("truncate-unmapped-refaulted-page")

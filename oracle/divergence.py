@@ -14,7 +14,8 @@ observables at quiescence are compared:
   covers racy in every mm it may act on.  An operation that mutates pages
   through a file's rmap (``truncate``) acts on every mm that may map the
   range, from a CPU that runs none of them: the pages it may zap are racy in
-  all of them;
+  all of them.  An ``mremap`` unmaps its old range and maps at the new one
+  whatever the old one held when it ran: its new range is racy;
 * ``mm state``: which address spaces exited and were freed;
 * ``leaked pages``: data pages alive at the end but mapped nowhere.
 
@@ -89,6 +90,22 @@ def _file_mappings(program: Program, per_cpu: dict) -> list[tuple[int, int, int,
             if op.kind == "mmap" and op.file is not None:
                 out += [(mm, op.addr, op.addr + op.len, op.file, op.offset // PAGE_SIZE)
                         for mm in sorted(m for m in poss if m is not None)]
+    # an mremap of (part of) a file mapping maps the file at its destination
+    moves = [(poss, op) for ops in per_cpu.values() for poss, op in ops if op.kind == "mremap"]
+    seen = set(out)
+    grew = bool(moves)
+    while grew:
+        grew = False
+        for poss, op in moves:
+            for mm, start, end, f, pgoff in list(out):
+                lo, hi = max(start, op.addr), min(end, op.addr + op.len)
+                if mm in poss and lo < hi:
+                    new = (mm, op.new_addr + lo - op.addr, op.new_addr + hi - op.addr, f,
+                           pgoff + (lo - start) // PAGE_SIZE)
+                    if new not in seen:
+                        seen.add(new)
+                        out.append(new)
+                        grew = True
     return out
 
 
@@ -131,6 +148,15 @@ def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
                 pages = range(op.addr, op.addr + op.len, PAGE_SIZE)
             elif op.kind in _MUTATING_PAGE:
                 pages = range(op.addr & ~(PAGE_SIZE - 1), (op.addr & ~(PAGE_SIZE - 1)) + 1, PAGE_SIZE)
+            elif op.kind == "mremap":
+                # the old range ends unmapped; what the new one maps depends on what
+                # the old one mapped when the move ran, which other CPUs may change:
+                # racy (UNCERTAIN, below)
+                pages = range(op.addr, op.addr + op.len, PAGE_SIZE)
+                for mm in poss:
+                    if mm is not None:
+                        for va in range(op.new_addr, op.new_addr + op.len, PAGE_SIZE):
+                            touched.setdefault((mm, va), set()).update((cpu, UNCERTAIN))
             else:
                 continue
             # an operation whose mm depends on the schedule (a switch that may
@@ -148,7 +174,8 @@ def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
     for mm, start, stop in _rmap_spans(program, per_cpu):
         for va in range(start, stop, PAGE_SIZE):
             touched.setdefault((mm, va), set()).add(UNCERTAIN)
-    return {k: len(v) == 1 and k[0] not in dying for k, v in touched.items() if k[1] >= 0}
+    return {k: len(v) == 1 and UNCERTAIN not in v and k[0] not in dying
+            for k, v in touched.items() if k[1] >= 0}
 
 
 def certain_exits(program: Program) -> bool:
@@ -203,7 +230,7 @@ class _Touches:
             self.dying |= exits
         for cpu, ops in per_cpu.items():
             for poss, op in ops:
-                if op.kind in _MUTATING_RANGE:
+                if op.kind in _MUTATING_RANGE or op.kind == "mremap":
                     start, stop = op.addr, op.addr + op.len
                     if len(range(start, stop, PAGE_SIZE)) > 4096:
                         continue  # MODEL: as in robust_pages()
@@ -212,6 +239,10 @@ class _Touches:
                     stop = start + 1
                 else:
                     continue
+                if op.kind == "mremap":  # as in robust_pages(): the new range is racy
+                    for mm in poss:
+                        if mm is not None:
+                            self.spans.setdefault(mm, []).append((op.new_addr, op.new_addr + op.len, UNCERTAIN))
                 who = cpu if len(poss) == 1 else UNCERTAIN  # as in robust_pages()
                 for mm in poss:
                     if mm is not None:
@@ -227,7 +258,7 @@ class _Touches:
             return False
         cpus = {cpu for start, stop, cpu in self.spans.get(mm, ())
                 if start <= va < stop and (va - start) % PAGE_SIZE == 0}
-        return len(cpus) == 1
+        return len(cpus) == 1 and UNCERTAIN not in cpus
 
 
 def _differences(bh: History, h: History, touches: _Touches, program: Program,

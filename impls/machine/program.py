@@ -29,6 +29,9 @@ OP_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "kvm_fault": (("addr",), "KVM maps guest page addr (secondary MMU fed by mmu notifiers)"),
     "kvm_access": (("addr",), "a guest access through KVM's secondary page tables"),
     "iommu_access": (("addr",), "a device DMA through the IOMMU (SVA): IOTLB + PSC, hardware walk"),
+    "mremap": (("addr", "len", "new_addr"), "mremap(addr, len, len, MREMAP_MAYMOVE|MREMAP_FIXED, "
+               "new_addr): move_page_tables() (whole PTE tables with move_normal_pmd(), else "
+               "move_ptes()), then unmap the old range"),
     "truncate": (("file", "offset", "len"), "punch a hole in shmem file F (shmem_fallocate(PUNCH_HOLE)): "
                  "unmap_mapping_range() in every mm that maps the range, from this CPU, then the "
                  "page-cache pages are dropped"),
@@ -57,6 +60,8 @@ class Op:
     file: int | None = None
     #: a byte offset into ``file``
     offset: int = 0
+    #: the destination of an mremap
+    new_addr: int = 0
 
     def describe(self) -> str:
         args = OP_KINDS[self.kind][0] + tuple(a for a in OPTIONAL_ARGS.get(self.kind, ())
@@ -64,7 +69,7 @@ class Op:
         parts = []
         for a in args:
             v = getattr(self, a)
-            if a in ("addr", "len", "offset"):
+            if a in ("addr", "len", "offset", "new_addr"):
                 parts.append(f"{a}={v:#x}")
             elif a == "file":
                 parts.append(f"file{v}")

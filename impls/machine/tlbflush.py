@@ -65,6 +65,7 @@ from .cpu import (
     preempt_disable,
     preempt_enable,
 )
+from .pgtable import PAGE_SHIFT
 from .tlb import flush_all, hw_load_context, invalidate_range
 
 TLB_FLUSH_ALL = -1
@@ -136,6 +137,15 @@ def flush_tlb_mm_range(cpu: Cpu, mm: Mm, start: int, end: int, stride_shift: int
     # flush (v6.15 flush_tlb_mm_range(): "mmu_notifier_arch_invalidate_
     # secondary_tlbs(mm, start, end)" after put_cpu())
     mmu_notifier_arch_invalidate_secondary_tlbs(cpu, mm, start, end)
+
+
+def flush_tlb_range(cpu: Cpu, vma, start: int, end: int) -> Step:
+    """arch/x86/include/asm/tlbflush.h: flush_tlb_range() =
+    ``flush_tlb_mm_range(vma->vm_mm, start, end, PAGE_SHIFT, true)``: always
+    with ``freed_tables`` since 3ef938c35035 (Jann Horn, 2025: its callers
+    clear or move PMDs that point at tables, pmdp_collapse_flush() and
+    mremap's move_normal_pmd())."""
+    yield from flush_tlb_mm_range(cpu, vma.mm, start, end, PAGE_SHIFT, True)
 
 
 def mmu_notifier_arch_invalidate_secondary_tlbs(cpu: Cpu, mm: Mm, start: int, end: int) -> None:

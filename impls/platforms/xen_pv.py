@@ -288,6 +288,8 @@ def _alloc_ptpage(cpu: Cpu, mm: Mm, f: Frame) -> None:
     m = cpu.m
     if not mm.pgd.pinned:
         return
+    if f.pinned:  # pinned = PagePinned(page); SetPagePinned(page); if (!pinned) ...
+        return    # (a table re-pointed by mremap's move_normal_pmd() is already pinned)
     f.pinned = True
     gen = f.gen
     __xen_mc_entry(cpu, "update_va_mapping(RO)+PIN" if f.level == 1 else "update_va_mapping(RO)",
