@@ -14,6 +14,10 @@ progress or the time budget runs out:
 1. **ops**: ddmin over the concurrent operations (chunks of n/2, n/4, ... 1);
 2. **cpus**: drop a CPU with all its operations, renumbering the others
    (its setup operations move to a CPU that starts in the same mm, or go);
+   then **merge**: move all the operations of one CPU onto another that
+   starts in the same mm (in file order, after, or before its own), so that
+   a CPU that only made the race worse (an access that reuses the freed
+   frame) joins one of the racing CPUs when the signature survives;
 3. **setup**: ddmin over the setup operations, then over the initial VMAs;
    unused address spaces are dropped;
 4. **simplify**: a write becomes a read, a two-slot munmap one slot;
@@ -253,6 +257,23 @@ class Minimizer:
             c -= 1
         return cur
 
+    def pass_merge(self, p: Program) -> Program:
+        """Two CPUs become one where the signature survives (highest first)."""
+        cur = p
+        b = cur.cpus - 1
+        while b >= 1 and cur.cpus > 1:
+            merged = False
+            for a in range(b):
+                for cand in _merged_cpus(cur, a, b):
+                    got = self.attempt(cand)
+                    if got is not None:
+                        cur, merged = got, True
+                        break
+                if merged:
+                    break
+            b = min(b - 1, cur.cpus - 1) if not merged else cur.cpus - 1
+        return cur
+
     def pass_setup(self, p: Program) -> Program:
         cur = self._ddmin_field(p, "setup") or p
         cur = self._ddmin_field(cur, "vmas") or cur
@@ -410,6 +431,7 @@ class Minimizer:
     def _fixpoint(self, cur: Program, passes: list[str], label_stage: bool = False) -> Program:
         steps: list[tuple[str, Callable[[Program], Program]]] = [
             ("ops", lambda q: self._ddmin_field(q, "ops") or q), ("cpus", self.pass_cpus),
+            ("merge", self.pass_merge),
             ("setup", self.pass_setup), ("simplify", self.pass_simplify)]
         steps.append(("schedule", self.pass_schedule_labels if label_stage else self.pass_schedule))
         while True:
@@ -568,6 +590,39 @@ def _without_cpu(p: Program, c: int) -> list[Program]:
         if other is not None:
             moved = tuple(shift(replace(o, cpu=other)) if o.cpu == c else shift(o) for o in p.setup)
             out.append(replace(p, cpus=p.cpus - 1, start=new_start, ops=ops, setup=moved, schedule=sched))
+    return out
+
+
+def _merged_cpus(p: Program, a: int, b: int) -> list[Program]:
+    """Candidates where CPU ``b``'s operations (setup included) run on CPU
+    ``a`` instead, ``b`` gone and the CPUs above it renumbered: its
+    operations in file order among ``a``'s, after them, or before them.  Only
+    for CPUs that start in the same mm (an operation acts on its CPU's mm)."""
+    if a == b or p.start_of(a) != p.start_of(b):
+        return []
+
+    def moved(op: Op) -> Op:
+        cpu = a if op.cpu == b else op.cpu
+        return replace(op, cpu=cpu - 1 if cpu > b else cpu)
+
+    start = tuple(p.start_of(i) for i in range(p.cpus))
+    new_start = start[:b] + start[b + 1:]
+    setup = tuple(moved(o) for o in p.setup)
+    mine = [o for o in p.ops if o.cpu == a]
+    theirs = [o for o in p.ops if o.cpu == b]
+    rest = [o for o in p.ops if o.cpu not in (a, b)]
+    orders = [p.ops, rest + mine + theirs, rest + theirs + mine]
+    s = p.schedule
+    sched = None
+    if s is not None:  # b's turns become a's; the acceptance re-records what actually ran
+        sched = _renumber_sched(Schedule(tuple(SchedEntry(a if e.agent == b else e.agent, e.steps, e.until)
+                                               for e in s.sched), s.flips), b)
+    out: list[Program] = []
+    for ops in orders:
+        cand = replace(p, cpus=p.cpus - 1, start=new_start, setup=setup, ops=tuple(moved(o) for o in ops),
+                       schedule=sched)
+        if cand not in out:
+            out.append(cand)
     return out
 
 

@@ -14,7 +14,7 @@ from fuzz.cli import main
 from fuzz.engine import fuzz_iter
 from fuzz.envs import ENVIRONMENTS
 from fuzz.minimize import _without_cpu, minimize, size_of
-from fuzz.run import run_program
+from fuzz.run import run_lockstep, run_program
 from impls import registry
 from impls.machine.choices import SchedEntry, Schedule
 from impls.machine.program import Op, Program
@@ -126,3 +126,48 @@ def test_minimize_command_rejects_a_clean_file(capsys):
     code = main(["minimize", str(CORPUS / "gupfast+munmap+xenflush.yaml"), "--strategy", "full-rcu"])
     _, err = capsys.readouterr()
     assert code == 2 and "no violation to minimise" in err
+
+
+# -- minimisation merges CPUs -------------------------------------------------------------------------
+
+THREE_CPUS = """\
+shootdown: 1
+platform: xen-pv
+cpus: 3
+vmas:
+  - {mm: 0, start: 0x200000, len: 0x200000}
+  - {mm: 0, start: 0x600000, len: 0x200000}
+setup:
+  - {cpu: 1, op: access, addr: 0x200000, write: true}
+ops:
+  - {cpu: 1, op: gup_fast, addr: 0x200000}
+  - {cpu: 0, op: munmap, addr: 0x200000, len: 0x200000}
+  - {cpu: 2, op: access, addr: 0x600000, write: true}
+schedule:
+  - {cpu: 1, until: "gup_fast:pmd_read"}
+  - {cpu: 0, until: op_end}
+  - {cpu: 2, until: op_end}
+"""
+
+
+def _witness_signature(text: str) -> str:
+    lit = corpus.parse(text, "x.yaml")
+    res = run_lockstep(lit.program, [registry.strategy("direct")], registry.platform("xen-pv"))
+    return res.runs[0].verdict.violations[0].signature()
+
+
+def test_minimisation_merges_cpus_where_the_signature_survives(capsys, tmp_path):
+    """Worked example A with the reusing access on a third CPU: no CPU can be
+    dropped (the reuse is part of the signature), but CPU2's access can run
+    on CPU0 after the munmap, as in the corpus file."""
+    f = tmp_path / "three.yaml"
+    f.write_text(THREE_CPUS)
+    out = tmp_path / "min.yaml"
+    code = main(["minimize", str(f), "--strategy", "direct", "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "3 CPUs, 2 preemptions -> 3 ops + 1 setup, 2 CPUs" in stdout
+    lit = corpus.load(out)
+    assert lit.program.cpus == 2
+    res = run_lockstep(lit.program, [registry.strategy("direct")], registry.platform("xen-pv"))
+    v = res.runs[0].verdict.violations[0]
+    assert v.signature() == _witness_signature(THREE_CPUS)                 # the same witness signature
