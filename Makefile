@@ -29,15 +29,17 @@ demo: $(STAMP) ## replay every litmus program of corpus/ on the three built-in s
 
 FUZZ_SECONDS ?= 240
 STRATEGY ?=
+# JUNIT=report.xml: also write a JUnit XML report (make fuzz, make matrix)
+JUNIT ?=
 .PHONY: fuzz
 fuzz: $(STAMP) ## canary, then each strategy on its SAFE_ON envs for FUZZ_SECONDS (STRATEGY=file.py: yours)
-	$(BIN)/shootdown fuzz --safe-on --budget $(FUZZ_SECONDS) $(if $(STRATEGY),--strategy-file $(STRATEGY))
+	$(BIN)/shootdown fuzz --safe-on --budget $(FUZZ_SECONDS) $(if $(STRATEGY),--strategy-file $(STRATEGY)) $(if $(JUNIT),--junit $(JUNIT))
 
 MATRIX_BUDGET ?= 30
 MATRIX_JOBS ?= 2
 .PHONY: matrix
 matrix: $(STAMP) ## fuzz every strategy x environment cell, compare with corpus/expected-matrix.yaml
-	$(BIN)/shootdown matrix --budget $(MATRIX_BUDGET) --jobs $(MATRIX_JOBS) --expected corpus/expected-matrix.yaml
+	$(BIN)/shootdown matrix --budget $(MATRIX_BUDGET) --jobs $(MATRIX_JOBS) --expected corpus/expected-matrix.yaml $(if $(JUNIT),--junit $(JUNIT))
 
 EXPLORE_SECONDS ?= 600
 EXPLORE_JOBS ?= 2

@@ -40,6 +40,7 @@ from .envs import Environment
 from .feedback import keys_of
 from .generate import GenConfig, RandomDraw, generate, op_weights
 from .run import Lockstep, run_lockstep
+from .triage import divergence_key, race_key
 
 ENGINES = ("random", "pct", "hypothesis", "atheris")
 #: engines whose decisions come from a seeded RNG per iteration (this module)
@@ -162,7 +163,15 @@ def pct_guarantee(runs: int, n_agents: int, k_steps: int, depth: int = PCT_DEPTH
 
 
 def finding_signature(strategy: str, v: Violation) -> str:
-    return f"{strategy}|{v.signature()}"
+    """One bug, one finding: the strategy and the race (fuzz.triage.race_key:
+    the check and the kernel functions on each side), not the incidental
+    details of the interleaving that found it."""
+    return f"{strategy}|{race_key(v)}"
+
+
+def divergence_signature(d: Violation) -> str:
+    """One finding per kind of observable (fuzz.triage.divergence_key)."""
+    return f"divergence|{divergence_key(str(d.extra.get('observable', '')))}"
 
 
 def fuzz_one(program: Program, strategies: list[Ops], platform: Ops, engine: str, s: int,
@@ -186,7 +195,7 @@ def findings_of(res: Lockstep, program: Program, stats: Stats, seed: int, env: E
                 out.append(Finding(r.verdict.strategy, program.with_schedule(r.history.meta["schedule"]),
                                    tuple(r.verdict.violations), sig, seed, env.name, iteration, engine))
     for d in res.divergences:
-        sig = f"divergence|{d.extra.get('observable', '')}"
+        sig = divergence_signature(d)
         if sig not in stats.signatures:
             stats.signatures.add(sig)
             stats.findings += 1

@@ -93,7 +93,7 @@ from impls.machine.plugin import Ops, PluginFailure
 from impls.machine.program import Program
 from oracle.behaviours import BEHAVIOURS
 
-from . import corpus
+from . import corpus, triage
 from . import findings as findings_mod
 from .drivers.tape import Tape, TapeChoices
 from .engine import Finding, PausedGC, Stats, findings_of, iteration_seed
@@ -784,6 +784,8 @@ class Exploration:
         self._load_corpus()
         #: fuzz.findings dedup keys of the reproducers in findings/ -> their path
         self.known = findings_mod.existing(d / FINDINGS_DIR)
+        #: corpus/expected-matrix.yaml, for labelling findings new or known (fuzz.triage)
+        self.expected = triage.default_expected()
         self.session_t0 = time.monotonic()
         self.elapsed0 = float(self.state["elapsed"])
         self.session_programs = 0
@@ -910,9 +912,20 @@ class Exploration:
         if w.path is None:
             return
         w.path.with_suffix(".input").write_bytes(data)
+        if divergence:
+            lab = triage.divergence_label([(s.name, s.meta.get("safe_on", ())) for s in self.strategies],
+                                          target.env.name, self.expected)
+            key = triage.divergence_key(str(f.violations[0].extra.get("observable", "")))
+            replayed = triage.replays_divergence(corpus.load(w.path), self.strategies, target.platform, fdir, key)
+        else:
+            lab = triage.label(strategy.name, target.env.name, strategy.meta.get("safe_on", ()), self.expected)
+            replayed = None
         self.state["findings"].append({
+            "status": lab.status, "known_because": lab.why, "known_basis": lab.basis, "replayed": replayed,
+            "env": target.env.name,
             "file": f"{FINDINGS_DIR}/{w.path.name}", "signature": f.signature,
-            "violation_signature": f.signature if divergence else f.violations[0].signature(),
+            "violation_signature": (f"divergence|{f.violations[0].extra.get('observable', '')}" if divergence
+                                    else f.violations[0].signature()),
             "class": list(target_class(target)), "strategy": f.strategy, "strategy_spec": spec,
             "checks": sorted(f.checks), "target": target_name, "iteration": f.iteration, "t": round(t, 3),
             "summary": f.violations[0].summary[:500], "size": size_of(f.program), "minimised": False,
@@ -1466,7 +1479,11 @@ def render_report(d: Path, st: dict[str, Any]) -> str:
             o.append(f"| coverage of {root}/ | lines {_pct(c['covered_lines'], c['statements'])} "
                      f"({c['covered_lines']}/{c['statements']}), branches "
                      f"{_pct(c['covered_branches'], c['branches'])} ({c['covered_branches']}/{c['branches']}) |")
-    o.append(f"| findings | {len(findings)}" + (f"; crashes of the simulator: {len(crashes)}" if crashes else "")
+    counts = {k: sum(1 for f in findings if finding_status(f) == k) for k in ("new", "known", "unreplayable")}
+    o.append(f"| findings | {counts['new'] + counts['known']} ({counts['new']} new, {counts['known']} known)"
+             + (f"; divergences that do not replay (defects): {counts['unreplayable']}"
+                if counts["unreplayable"] else "")
+             + (f"; crashes of the simulator: {len(crashes)}" if crashes else "")
              + " |")
     o.append("")
     o += _coverage_section(d, cov)
@@ -1550,6 +1567,14 @@ def _growth_section(d: Path) -> list[str]:
     return o
 
 
+def finding_status(f: dict[str, Any]) -> str:
+    """A finding of the state: "new", "known" (fuzz.triage), or "unreplayable"
+    (a divergence its reproducer does not show again: a defect, not a finding)."""
+    if f.get("replayed") is False:
+        return "unreplayable"
+    return str(f.get("status", "new"))
+
+
 def _findings_section(d: Path, findings: list[dict[str, Any]], crashes: list[dict[str, Any]],
                       strategies: Sequence[str]) -> list[str]:
     """A table of every finding, then one diagram per (strategy, checks,
@@ -1561,14 +1586,21 @@ def _findings_section(d: Path, findings: list[dict[str, Any]], crashes: list[dic
     for k, f in enumerate(findings):
         groups.setdefault((f["strategy"], tuple(f["checks"]), f["target"]), []).append(k)
     if findings:
-        o += ["| # | checks | strategy | target | found | reproducer |", "|---:|---|---|---|---:|---|"]
+        n = {s: sum(1 for f in findings if finding_status(f) == s) for s in ("new", "known", "unreplayable")}
+        o += [f"{n['new']} new, {n['known']} known (the strategy does not claim the environment in SAFE_ON, or "
+              f"corpus/expected-matrix.yaml says U)"
+              + (f", {n['unreplayable']} divergence(s) that do not replay from their reproducer (a defect of "
+                 "the divergence check, not counted as findings)" if n["unreplayable"] else "") + ".", ""]
+        o += ["| # | status | checks | strategy | target | found | reproducer |", "|---:|---|---|---|---|---:|---|"]
         for k, f in enumerate(findings, 1):
-            o.append(f"| {k} | {', '.join(f['checks'])} | {f['strategy']} | {f['target']} | "
+            o.append(f"| {k} | {finding_status(f)} | {', '.join(f['checks'])} | {f['strategy']} | {f['target']} | "
                      f"{fmt_duration(f['t'])} | `{f['file']}` |")
         o.append("")
     for (strategy, checks, target), members in groups.items():
         f = findings[members[0]]
-        o += [f"### {members[0] + 1}. {', '.join(checks)} on {strategy} ({target})", "",
+        st = finding_status(f)
+        why = {"known": f" (known: {f.get('known_because', '')})", "unreplayable": " (DEFECT: does not replay)"}
+        o += [f"### {members[0] + 1}. {', '.join(checks)} on {strategy} ({target}){why.get(st, '')}", "",
               f"`{f['file']}`: found at {fmt_duration(f['t'])}, iteration {f['iteration']}"
               + _minimised_text(f)
               + f". Replay: `shootdown run {d / f['file']}`; draw: `shootdown explain {d / f['file']}`.", "",
@@ -1578,11 +1610,12 @@ def _findings_section(d: Path, findings: list[dict[str, Any]], crashes: list[dic
         except Exception as e:  # a broken reproducer is reported, the report still written
             o += [f"(cannot draw: {type(e).__name__}: {e})", ""]
             diagram, reproduced = "", True
-        if not reproduced and f["signature"].startswith("divergence|"):
+        if (not reproduced or f.get("replayed") is False) and f["signature"].startswith("divergence|"):
             input_file = Path(f["file"]).with_suffix(".input").as_posix()
-            o += ["The strategies diverged each under its own schedule, which the YAML file does not keep; "
-                  f"replayed without them they agree. `{input_file}` holds the input that diverges "
-                  "(`fuzz.explore.execute`).", ""]
+            o += ["**Not a finding: a defect of the divergence check.** The strategies diverged each under "
+                  "its own schedule, which the YAML file does not keep; replayed from the file (every strategy "
+                  "under its one schedule) they agree, so the observable was not schedule-robust. "
+                  f"`{input_file}` holds the input that diverges (`fuzz.explore.execute`).", ""]
         elif not reproduced:
             o += ["**Replaying the reproducer no longer shows this check.**", ""]
         if diagram:

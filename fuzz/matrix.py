@@ -47,8 +47,8 @@ from impls.machine.plugin import Ops
 from impls.machine.program import Program
 from oracle.verdict import CHECKS
 
-from . import corpus
-from .engine import PCT_DEPTH, Finding, Stats, pct_guarantee, pct_k_steps
+from . import corpus, junit, triage
+from .engine import PCT_DEPTH, Finding, Stats, finding_signature, pct_guarantee, pct_k_steps
 from .envs import ENVIRONMENTS, Environment
 from .execution import Executor, drive, executor
 from .minimize import DEFAULT_ATTEMPTS
@@ -262,7 +262,7 @@ class _MCell:
                 v = res.violations[0]
                 how, _ = self.programs[pos]
                 self.best = (pos, Finding(self.strategy.name, res.program, res.violations,
-                                          f"{self.strategy.name}|{v.signature()}", self.spec.seed, self.env.name,
+                                          finding_signature(self.strategy.name, v), self.spec.seed, self.env.name,
                                           -1, f"exhaustive ({how}; {res.preemptions} preemption(s), "
                                               f"{res.choices} choice(s))"))
             return
@@ -593,11 +593,102 @@ def _grid(cells: list[Cell]) -> tuple[list[str], list[str], dict[tuple[str, str]
     return strategies, envs, by
 
 
+def versus_baseline(cells: list[Cell], baseline: str) -> list[dict[str, Any]]:
+    """Base vs patch: for every other strategy and environment, the
+    fuzz.triage.compare_cells status against ``baseline`` (a strategy name)."""
+    by = {c.key: c for c in cells}
+    out = []
+    for c in cells:
+        if c.strategy == baseline:
+            continue
+        b = by.get((baseline, c.env))
+        status = triage.compare_cells({c.env: c.verdict}, {c.env: b.verdict if b else "S"})[c.env]
+        out.append({"strategy": c.strategy, "env": c.env, "status": status, "checks": c.checks,
+                    "baseline_checks": b.checks if b else [], "reproducer": c.reproducer})
+    return out
+
+
+def _versus_text(versus: list[dict[str, Any]], baseline: str) -> list[str]:
+    out = ["", f"Against the baseline {baseline} (the exit status follows regressions only):"]
+    for status, what in (("regression", f"REGRESSION: U here, {baseline} S"),
+                         ("inherited", f"inherited: {baseline} is U here too"),
+                         ("fixed", f"fixed: S here, {baseline} U")):
+        rows = [v for v in versus if v["status"] == status]
+        for v in rows:
+            line = f"  {what}: {v['strategy']} @ {v['env']}"
+            if v["checks"]:
+                line += f" ({', '.join(v['checks'])})"
+            if status == "inherited" and v["baseline_checks"]:
+                line += f"; {baseline}: {', '.join(v['baseline_checks'])}"
+            if status == "regression" and v["reproducer"]:
+                line += f"; reproducer {v['reproducer']}"
+            out.append(line)
+    n = sum(1 for v in versus if v["status"] == "regression")
+    out.append(f"  {n} regression{'s' if n != 1 else ''}, "
+               f"{sum(1 for v in versus if v['status'] == 'inherited')} inherited, "
+               f"{sum(1 for v in versus if v['status'] == 'fixed')} fixed, "
+               f"{sum(1 for v in versus if v['status'] == 'clean')} clean")
+    return out
+
+
+def to_junit(cells: list[Cell], labels: dict[tuple[str, str], Any], mismatches: list[Mismatch] | None,
+             versus: list[dict[str, Any]] | None, baseline: str | None) -> list[junit.Suite]:
+    """One test case per cell.  It fails on a regression (with a baseline),
+    else on a mismatch (with an expected file), else on a new U; a known U
+    passes with a remark."""
+    suite = junit.Suite("shootdown matrix")
+    bad = {(m.strategy, m.env): m for m in mismatches or []}
+    vs = {(v["strategy"], v["env"]): v for v in versus or []}
+    for c in cells:
+        case = junit.Case(f"shootdown.matrix.{c.strategy}", c.env, c.seconds)
+        text = junit.finding_text(c.reproducer, ", ".join(c.checks), c.summary, "",
+                                  f"{c.strategy} on {c.env}; found by {c.found_by}; {c.programs} programs")
+        if c.reproducer and c.verdict == "U":
+            try:
+                text = junit.finding_text(c.reproducer, ", ".join(c.checks), c.summary,
+                                          _diagram(c.reproducer, c.strategy),
+                                          f"{c.strategy} on {c.env}; found by {c.found_by}; {c.programs} programs")
+            except Exception as e:  # noqa: BLE001  (a report must not fail on one drawing)
+                text += f"\n(cannot draw: {type(e).__name__}: {e})\n"
+        lab = labels.get(c.key)
+        if baseline:
+            v = vs.get(c.key)
+            if v is not None and v["status"] == "regression":
+                case.failures.append(junit.Problem(f"regression: U ({', '.join(c.checks)}), {baseline} S",
+                                                   ", ".join(c.checks), text))
+            elif c.verdict == "U":
+                case.out = (f"the baseline {baseline}'s own cell" if c.strategy == baseline
+                            else f"inherited: {baseline} is U here too") + "\n" + text
+        elif mismatches is not None and c.key in bad:
+            case.failures.append(junit.Problem(f"mismatch: {bad[c.key].why}", ", ".join(c.checks) or "S", text))
+        elif c.verdict == "U" and (lab is None or not lab.known) and mismatches is None:
+            case.failures.append(junit.Problem(f"new: {', '.join(c.checks)}", ", ".join(c.checks), text))
+        elif c.verdict == "U":
+            case.out = f"known: {lab.why if lab is not None else 'as expected'}\n{text}"
+        else:
+            case.out = f"S: {c.short()}"
+        suite.cases.append(case)
+    return [suite]
+
+
+def _diagram(path: str, strategy_name: str) -> str:
+    from .render import Story, text_diagram
+    from .run import run_program
+
+    lit = corpus.load(path)
+    strategy = next((registry.strategy(k) for k in lit.strategy_files()
+                     if registry.strategy(k).name == strategy_name), None) or registry.strategy(strategy_name)
+    run = run_program(lit.program, strategy, registry.platform(lit.program.platform))
+    return text_diagram(Story(lit.program, run, title=lit.title, path=path))
+
+
 def render_text(cells: list[Cell], mismatches: list[Mismatch] | None, header: str,
-                expected: Expected | None = None) -> str:
+                expected: Expected | None = None, labels: dict[tuple[str, str], Any] | None = None,
+                versus: list[dict[str, Any]] | None = None, baseline: str | None = None) -> str:
     strategies, envs, by = _grid(cells)
     ew = max(len("environment"), *(len(e) for e in envs))
-    cw = max(22, *(len(by[(s, e)].short()) + 2 for s in strategies for e in envs if (s, e) in by))
+    cw = max(22, *(len(s) + 2 for s in strategies),
+             *(len(by[(s, e)].short()) + 2 for s in strategies for e in envs if (s, e) in by))
     out = [header, ""]
     out.append(f"{'environment':<{ew}}  {'':3}  " + "".join(f"{s:<{cw}}" for s in strategies).rstrip())
     for e in envs:
@@ -606,16 +697,30 @@ def render_text(cells: list[Cell], mismatches: list[Mismatch] | None, header: st
             c = by.get((s, e))
             row += f"{(c.short() if c else '-'):<{cw}}"
         out.append(row.rstrip())
+    labels = labels or {}
     us = [c for c in cells if c.verdict == "U"]
-    if us:
-        out += ["", "U cells (first violation, how it was found, reproducer):"]
-        for c in us:
+    new = [c for c in us if c.key not in labels or not labels[c.key].known]
+    known = [c for c in us if c.key in labels and labels[c.key].known]
+    if new:
+        out += ["", "U cells (first violation, how it was found, reproducer):" if not labels else
+                "New U cells (first violation, how it was found, reproducer):"]
+        for c in new:
             out.append(f"  {c.strategy} @ {c.env}: {', '.join(c.checks)}  [{c.found_by}; "
                        f"{c.programs} programs, {c.seconds:.1f} s]")
             out.append(f"      {c.summary}")
             if c.reproducer:
                 out.append(f"      reproducer: {c.reproducer} ({c.reproducer_ops} ops, "
                            f"{'minimised' if c.minimized else 'not minimised'})")
+    if known:
+        out += ["", f"Known U cells ({len(known)}: outside the strategy's SAFE_ON, or U in the expected matrix):"]
+        by_strategy: dict[str, list[Cell]] = {}
+        for c in known:
+            by_strategy.setdefault(c.strategy, []).append(c)
+        for s, cs in by_strategy.items():
+            out.append(f"  {s}: " + ", ".join(f"{c.env} ({', '.join(c.checks)}"
+                                             + (f"; {c.reproducer}" if c.reproducer else "") + ")" for c in cs))
+    if versus is not None and baseline:
+        out += _versus_text(versus, baseline)
     if expected is not None:
         out.append("")
         if mismatches:

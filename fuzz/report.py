@@ -6,7 +6,9 @@ import os
 import shutil
 import sys
 import textwrap
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from impls.machine.history import Event
 from oracle.verdict import Verdict, Violation
@@ -25,6 +27,36 @@ def event_line(e: Event) -> str:
 
 #: prose (the ``why:`` paragraphs) is wrapped at this width at most
 PROSE_WIDTH = 100
+#: without a terminal, a progress line every this many seconds
+PROGRESS_EVERY = 30.0
+
+
+class PeriodicProgress:
+    """Progress for a log, not a terminal: the latest status as one line
+    every ``every`` seconds (``[+1m30s] ...``), so that a stuck run and a slow
+    one look different in CI.  Callable like the terminal's live line."""
+
+    def __init__(self, stream: TextIO | None = None, every: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.every = PROGRESS_EVERY if every is None else every
+        self.clock = clock
+        self.t0 = self.last = clock()
+        self.lines = 0
+
+    def __call__(self, text: str) -> None:
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        s = int(now - self.t0)
+        stamp = f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+        self.stream.write(f"[+{stamp}] {' '.join(text.split())}\n")
+        self.stream.flush()
+        self.lines += 1
+
+    def clear(self) -> None:
+        pass
 
 
 def output_width() -> int | None:

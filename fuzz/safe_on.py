@@ -63,6 +63,9 @@ def canary(runs: int, length: int, jobs: int = 1) -> tuple[bool, str]:
 def run_safe_on(args: argparse.Namespace) -> int:
     from .commands.fuzz import execute, plan_from_args
 
+    if getattr(args, "baseline", None):
+        raise UsageError("--safe-on fuzzes each strategy on the environments it claims; for a base-vs-patch "
+                         "verdict use --baseline without --safe-on (or shootdown matrix --baseline)")
     if args.platform or args.env:
         raise UsageError("--safe-on picks the environments from each strategy's SAFE_ON; "
                          "drop --platform/--env")
@@ -79,4 +82,4 @@ def run_safe_on(args: argparse.Namespace) -> int:
               for c in cells]
     if plan.budget is not None:
         lines.append(f"budget {plan.budget:.0f} s over {len(cells)} cells, {plan.jobs} jobs")
-    return execute(plan, args.format, header="\n".join(lines))
+    return execute(plan, args.format, header="\n".join(lines), junit_path=args.junit)

@@ -41,6 +41,7 @@ from impls.machine.plugin import Ops
 from oracle.behaviours import BEHAVIOURS
 
 from . import findings as findings_mod
+from . import triage
 from .engine import ENGINES, SEEDED_ENGINES, Finding, Stats, pct_guarantee, pct_k_steps
 from .envs import Environment, environment
 from .execution import Executor, default_jobs, drive, executor
@@ -136,6 +137,31 @@ class FindingReport:
     found_after: float = 0.0        # seconds into the cell
     #: programs of the cell's sequence up to and including the finding's
     found_after_programs: int = 0
+    #: fuzz.triage: "new", or "known" (``known_because`` says by what)
+    status: str = "new"
+    known_because: str = ""
+    known_basis: str = ""
+    #: a divergence: whether replaying its reproducer (the YAML text, every
+    #: strategy under the file's schedule) shows it again; None: not a divergence
+    replayed: bool | None = None
+    #: with a baseline strategy: "regression", "inherited", or "baseline" (the baseline's own)
+    baseline: str = ""
+    #: what showed the baseline has the same bug (with a baseline; "" if nothing did)
+    baseline_evidence: str = ""
+    #: the race diagram of the reproducer (fuzz.render), when a JUnit report is asked for
+    diagram: str = ""
+    #: the violation's one-line summary
+    summary: str = ""
+
+    @property
+    def divergence(self) -> bool:
+        return self.signature.startswith("divergence|")
+
+    @property
+    def counted(self) -> bool:
+        """A finding the summary reports as such: every violation, and a
+        divergence only once its reproducer replays it."""
+        return self.replayed is not False
 
 
 @dataclass
@@ -177,9 +203,29 @@ class Summary:
     #: the session was bounded by time (so how far it got depends on speed)
     timed: bool = False
 
+    #: the baseline strategy of a base-vs-patch session ("" if none)
+    baseline: str = ""
+
+    def reported(self) -> list[FindingReport]:
+        return [f for c in self.cells for f in c.findings if f.counted]
+
     @property
     def violations(self) -> int:
-        return sum(len(c.findings) for c in self.cells)
+        return len(self.reported())
+
+    @property
+    def new(self) -> int:
+        return sum(1 for f in self.reported() if f.status == "new")
+
+    @property
+    def regressions(self) -> int:
+        return sum(1 for f in self.reported() if f.baseline == "regression")
+
+    @property
+    def unreplayable(self) -> list[FindingReport]:
+        """Divergences whose reproducer does not show them again: a defect of
+        the divergence check (or of the reproducer), reported as such."""
+        return [f for c in self.cells for f in c.findings if f.replayed is False]
 
     @property
     def crashes(self) -> int:
@@ -187,7 +233,11 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        if self.violations or self.crashes:
+        """1 for a violation (with a baseline: for a regression only), a crash
+        of the simulator or an unreplayable divergence; 130 if interrupted
+        with nothing found; else 0."""
+        found = self.regressions if self.baseline else self.violations
+        if found or self.crashes or self.unreplayable:
             return 1
         return 130 if self.interrupted else 0
 
@@ -211,6 +261,12 @@ class Plan:
     cluster: str | None = None
     #: CPU seconds a program may take on one strategy (fuzz.watchdog)
     watchdog: float = WATCHDOG_SECONDS
+    #: the expected matrix for triage (fuzz.matrix.Expected, or a mapping; None: SAFE_ON only)
+    expected: Any = None
+    #: base-vs-patch: the baseline strategy's name or file (it runs in every cell's lockstep)
+    baseline: str | None = None
+    #: draw each finding's race diagram (for a JUnit report)
+    diagrams: bool = False
 
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.options).get(name, default)
@@ -287,6 +343,8 @@ class Session:
         self.known = findings_mod.existing(plan.out) if plan.write else {}
         self.summary = Summary(plan.engine, plan.seed, plan.length, plan.jobs, out=str(plan.out),
                                timed=plan.budget is not None)
+        if plan.baseline:
+            self.summary.baseline = registry.strategy(plan.baseline).name
         self._last_progress = 0.0
         self.cells: list[_CellRun] = []
         self.minimise_queue: list[_Candidate] = []
@@ -529,10 +587,15 @@ class Session:
         if self.plan.write and key in self.known:
             rep.duplicate_of = str(self.known[key])
             rep.size = rep.raw_size
+            if not _is_divergence(f):
+                strategy = next((s for s in c.strategies if s.name == f.strategy), c.strategies[0])
+                lab = triage.label(strategy.name, c.env.name, strategy.meta.get("safe_on", ()), self.plan.expected)
+                rep.status, rep.known_because, rep.known_basis = lab.status, lab.why, lab.basis
             return
         res = cand.minimised if cand.minimised is not None and cand.minimised.program is not None else None
         program = res.program if res is not None else f.program
         violation = res.violation if res is not None else f.violations[0]
+        rep.summary = violation.summary
         if res is not None:
             rep.size, rep.minimized, rep.minimize_runs = res.after, res.complete, res.runs
             rep.minimize_seconds = res.seconds
@@ -542,14 +605,40 @@ class Session:
                     f"--length {self.plan.length} (env {c.env.name}, iteration {f.iteration})")
         note = (f"Minimised from {rep.raw_size['ops']} ops + {rep.raw_size['setup']} setup on "
                 f"{rep.raw_size['cpus']} CPUs ({rep.raw_size['preemptions']} preemptions).") if res else ""
-        if self.plan.write:
-            strategy = next((s for s in c.strategies if s.name == f.strategy), c.strategies[0])
+        strategy = next((s for s in c.strategies if s.name == f.strategy), c.strategies[0])
+        lit = None
+        if self.plan.write or _is_divergence(f) or self.plan.diagrams:
             lit, stem = findings_mod.build_litmus(program, strategy, c.strategies, c.platform, violation,
                                                   f.signature, c.env.name, found_by, out, note)
             rep.title = lit.title
+        if self.plan.write and lit is not None:
             w = findings_mod.write(lit, stem, out, self.known)
             rep.file = str(w.path) if w.path else None
             rep.duplicate_of = str(w.duplicate_of) if w.duplicate_of else None
+        self._triage(c, cand, program, strategy, lit)
+
+    def _triage(self, c: _CellRun, cand: _Candidate, program: Any, strategy: Ops, lit: Any) -> None:
+        """New or known (fuzz.triage); a divergence replayed from its
+        reproducer's text; the baseline's verdict on the reproducer."""
+        f, rep, plan = cand.finding, cand.report, self.plan
+        if _is_divergence(f):
+            lab = triage.divergence_label([(s.name, s.meta.get("safe_on", ())) for s in c.strategies],
+                                          c.env.name, plan.expected)
+            rep.replayed = triage.replays_divergence(lit, c.strategies, c.platform, plan.out,
+                                                     triage.divergence_key(
+                                                         str(f.violations[0].extra.get("observable", ""))))
+        else:
+            lab = triage.label(strategy.name, c.env.name, strategy.meta.get("safe_on", ()), plan.expected)
+        rep.status, rep.known_because, rep.known_basis = lab.status, lab.why, lab.basis
+        if plan.baseline:
+            base = registry.strategy(plan.baseline)
+            if f.strategy == base.name:
+                rep.baseline = "baseline"
+            elif not _is_divergence(f):
+                rep.baseline_evidence = triage.baseline_evidence(
+                    program, base, c.platform, f.signature.split("|", 1)[1], f.checks, c.env.choice_biases())
+        if plan.diagrams and not _is_divergence(f):
+            rep.diagram = triage.diagram(lit, program, strategy, c.platform)
 
     def finished(self) -> bool:
         self._write_ready()
@@ -628,6 +717,19 @@ class Session:
 
     def _finish_cell(self, c: _CellRun) -> None:
         rep = c.report
+        if self.plan.baseline:  # once every finding of the cell is final: deterministic
+            base = self.summary.baseline
+            races = {f.signature.split("|", 1)[1] for f in rep.findings if f.strategy == base}
+            for f in rep.findings:
+                if f.baseline == "baseline":
+                    continue
+                if f.divergence:
+                    f.baseline = "regression" if f.counted else ""
+                    continue
+                race = f.signature.split("|", 1)[1]
+                if not f.baseline_evidence and race in races:
+                    f.baseline_evidence = f"{base} has a finding of the same race in this cell"
+                f.baseline = "inherited" if f.baseline_evidence else "regression"
         rep.covered = c.covered
         end = c.last_result or time.monotonic()
         rep.seconds = (end - c.started) if c.started is not None else 0.0
@@ -647,7 +749,11 @@ def _is_divergence(f: Finding) -> bool:
 
 
 def _violation_signature(f: Finding) -> str:
-    return f.signature if _is_divergence(f) else f.violations[0].signature()
+    """What the minimiser keeps: the exact witness signature of the violation
+    (a divergence: its exact observable), finer than the finding's race key."""
+    if _is_divergence(f):
+        return f"divergence|{f.violations[0].extra.get('observable', '')}"
+    return f.violations[0].signature()
 
 
 def run_session(plan: Plan, stop: StopFlag | None = None, progress: Callable[[str], None] | None = None,

@@ -123,7 +123,7 @@ def test_matrix_command_text_and_exit_status(capsys, tmp_path):
                          "--strategy", "direct", "--strategy", "full-rcu", "--out", str(tmp_path), "-q")
     assert code == 1  # direct is U on xen-pv
     assert "xen-pv" in out and "E3" in out and "U table-uaf" in out
-    assert "reproducer:" in out and err == ""
+    assert "xen-pv-direct.yaml" in out and err == ""   # a known U cell: summarised with its reproducer
 
 
 def test_matrix_expected_mismatch_exits_1_and_says_why(capsys, tmp_path):

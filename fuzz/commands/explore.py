@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fuzz import explore
+from fuzz import explore, triage
 from fuzz.cli import (
     EXIT_OK,
     EXIT_VIOLATION,
@@ -27,6 +27,7 @@ from fuzz.cli import (
 from fuzz.envs import ENVIRONMENTS
 from fuzz.execution import default_jobs
 from fuzz.minimize import DEFAULT_ATTEMPTS
+from fuzz.report import PeriodicProgress
 from fuzz.watchdog import WATCHDOG_SECONDS
 
 DEFAULT_DIR = "explore-out"
@@ -57,24 +58,30 @@ def _target_specs(args: argparse.Namespace) -> list[tuple[str, str]] | None:
 
 
 class _ProgressLine:
-    """One line on a terminal, rewritten in place (nothing when not a terminal)."""
+    """One line on a terminal, rewritten in place; without a terminal, a line
+    every 30 seconds (fuzz.report.PeriodicProgress)."""
 
     def __init__(self, stream) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.shown = False
+        self.periodic = None if self.tty else PeriodicProgress(stream)
 
     def __call__(self, p: explore.Progress) -> None:
         if self.tty:
             self.stream.write("\r\033[K" + p.line())
             self.stream.flush()
             self.shown = True
+        else:
+            self.periodic(p.line())
 
     def status(self, text: str) -> None:
         if self.tty:
             self.stream.write("\r\033[K" + text)
             self.stream.flush()
             self.shown = True
+        else:
+            self.periodic(text)
 
     def done(self) -> None:
         if self.shown:
@@ -124,11 +131,22 @@ def cmd_explore(args: argparse.Namespace) -> int:
           f"{explore.fmt_duration(p.elapsed)}")
     print(f"  corpus {p.corpus} inputs, {p.keys} feedback keys, {p.arcs} arcs, "
           f"behaviours {p.behaviours}/{len(explore.BEHAVIOURS)}")
-    print(f"  findings {len(s.findings)}" + (f" ({s.new_findings} new)" if s.new_findings else "")
+    status = [explore.finding_status(f) for f in s.findings]
+    new = [f for f, st in zip(s.findings, status, strict=True) if st == "new"]
+    known = [f for f, st in zip(s.findings, status, strict=True) if st == "known"]
+    defects = [f for f, st in zip(s.findings, status, strict=True) if st == "unreplayable"]
+    print(f"  findings {len(new) + len(known)}: {len(new)} new, {len(known)} known"
+          + (f" ({s.new_findings} found this session)" if s.new_findings else "")
           + (f", simulator crashes {len(s.crashes)}" if s.crashes else ""))
-    for f in s.findings:
+    for f in new:
         shrunk = f" ({f['size']['ops']} ops)" if f.get("minimised") else ""
-        print(f"    {d / f['file']}: {', '.join(f['checks'])} on {f['strategy']} ({f['target']}){shrunk}")
+        print(f"    NEW {d / f['file']}: {', '.join(f['checks'])} on {f['strategy']} ({f['target']}){shrunk}")
+    for line in triage.known_summary((f["strategy"], f.get("known_basis", ""), f.get("env", f["target"]),
+                                      ", ".join(f["checks"])) for f in known):
+        print(f"    known: {line}")
+    for f in defects:
+        print(f"    DEFECT {d / f['file']}: a divergence ({f['signature'].split('|', 1)[1]}) that its reproducer "
+              "does not show again when replayed: not a finding; a defect of the divergence check")
     if report is not None:
         print(f"  report {report}")
     return EXIT_VIOLATION if s.findings or s.crashes else EXIT_OK

@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fuzz import junit, triage
 from fuzz.cli import UsageError, count, fraction, jobs, resolve_strategies, seconds, writable_dir
 from fuzz.engine import ENGINES
 from fuzz.envs import ENVIRONMENTS, default_environment
 from fuzz.execution import ExecutionError, check_jobs
 from fuzz.minimize import DEFAULT_ATTEMPTS
+from fuzz.report import PeriodicProgress
 from fuzz.session import (
     DEFAULT_ENGINE,
     DEFAULT_LENGTH,
@@ -98,7 +100,10 @@ def summary_json(s: Summary) -> dict[str, Any]:
         })
     return {"engine": s.engine, "seed": s.seed, "length": s.length, "jobs": s.jobs, "out": s.out,
             "executor": s.executor, "seconds": round(s.seconds, 3), "timed": s.timed, "interrupted": s.interrupted,
-            "violations": s.violations, "crashes": s.crashes, "lost_workers": s.lost_workers, "exit": s.exit_code,
+            "violations": s.violations, "new": s.new, "known": s.violations - s.new,
+            "unreplayable_divergences": [f.file or f.signature for f in s.unreplayable],
+            "baseline": s.baseline or None, "regressions": s.regressions if s.baseline else None,
+            "crashes": s.crashes, "lost_workers": s.lost_workers, "exit": s.exit_code,
             "cells": cells}
 
 
@@ -108,7 +113,8 @@ def _finding_json(f: FindingReport) -> dict[str, Any]:
             "iteration": f.iteration, "found_after_s": round(f.found_after, 3),
             "found_after_programs": f.found_after_programs, "size": f.size, "raw_size": f.raw_size,
             "minimize_seconds": round(f.minimize_seconds, 3), "minimize_runs": f.minimize_runs,
-            "minimized": f.minimized}
+            "minimized": f.minimized, "status": f.status, "known_because": f.known_because,
+            "replayed": f.replayed, "baseline": f.baseline, "baseline_evidence": f.baseline_evidence}
 
 
 def _size_text(z: dict[str, int]) -> str:
@@ -119,12 +125,54 @@ def _size_text(z: dict[str, int]) -> str:
             f"{p} preemption{'s' if p != 1 else ''}")
 
 
+def _where(f: FindingReport) -> str:
+    return f"-> {f.file}" if f.file else (f"(already in {f.duplicate_of})" if f.duplicate_of else "(not written)")
+
+
 def finding_line(f: FindingReport) -> str:
-    where = f"-> {f.file}" if f.file else (f"(already in {f.duplicate_of})" if f.duplicate_of else "(not written)")
     extra = f"; minimised in {f.minimize_runs} runs" if f.minimize_runs else ""
     if f.minimize_runs and not f.minimized:
         extra += " (attempts used up)"
-    return f"U {f.strategy}: {', '.join(f.checks)}  {where}  [{_size_text(f.size)}{extra}]"
+    tag = ""
+    if f.baseline == "regression":
+        tag = "REGRESSION  "  # the baseline showed neither its checks nor its race on this program
+    elif f.baseline == "inherited":
+        tag = "inherited  "
+    return f"U {tag}{f.strategy}: {', '.join(f.checks)}  {_where(f)}  [{_size_text(f.size)}{extra}]"
+
+
+def findings_text(c, baseline: str = "") -> list[str]:
+    """A cell's findings: new ones one per line; known ones (fuzz.triage)
+    summarised by why they are known; with a baseline, the candidate's
+    regressions first, then what it inherits, then the baseline's own;
+    divergences that do not replay from their reproducer as defects."""
+    out: list[str] = []
+    counted = [f for f in c.findings if f.counted]
+    if baseline:
+        mine = [f for f in counted if f.baseline != "baseline"]
+        out += [f"      {finding_line(f)}" for f in mine if f.baseline == "regression"]
+        for f in mine:
+            if f.baseline == "inherited":
+                out.append(f"      {finding_line(f)} ({f.baseline_evidence})")
+        theirs = [f for f in counted if f.baseline == "baseline"]
+        if theirs:
+            out.append(f"      baseline {baseline}: " + "; ".join(
+                f"{', '.join(f.checks)} {_where(f)}" for f in theirs))
+    else:
+        out += [f"      {finding_line(f)}" for f in counted if f.status == "new"]
+        groups: dict[tuple[str, str], list[FindingReport]] = {}
+        for f in counted:
+            if f.status == "known":
+                groups.setdefault((f.strategy, f.known_basis), []).append(f)
+        for fs in groups.values():
+            line = triage.known_summary((f.strategy, f.known_basis, c.spec.env, ", ".join(f.checks)) for f in fs)[0]
+            out.append(f"      known: {line}: " + "; ".join(_where(f).removeprefix("-> ") for f in fs))
+    for f in c.findings:
+        if f.replayed is False:
+            out.append(f"      DEFECT: a divergence ({f.signature.split('|', 1)[1]}) that its reproducer "
+                       f"{f.file or '(not written)'} does not show again when replayed: not reported as a "
+                       "finding; a defect of the divergence check to investigate")
+    return out
 
 
 def summary_text(s: Summary) -> str:
@@ -148,8 +196,7 @@ def summary_text(s: Summary) -> str:
                        f"<= {p['agents']} agents: >= {100 * p['guarantee']:.1f}% chance to hit any given "
                        f"depth-{p['depth']} ordering bug within k steps (per run >= 1/{round(1 / p['per_run'])}, "
                        "for a bug present in every program)")
-        for f in c.findings:
-            out.append(f"      {finding_line(f)}")
+        out += findings_text(c, s.baseline)
         for x in c.crashes:
             out.append("      CRASH (the simulator raised; a bug in the model or a plug-in):")
             out += ["        " + line for line in x.rstrip().splitlines()]
@@ -157,13 +204,57 @@ def summary_text(s: Summary) -> str:
             out.append(f"      {watchdog_text(w)}")
     for x in s.lost_workers:
         out.append(f"  lost worker: {x}")
-    new = sum(1 for c in s.cells for f in c.findings if f.file)
-    if s.violations or s.crashes:
-        out.append(f"violations: {s.violations} ({new} new reproducer{'s' if new != 1 else ''} in {s.out})"
-                   + (f", crashes: {s.crashes}" if s.crashes else ""))
+    files = sum(1 for f in s.reported() if f.file)
+    defects = len(s.unreplayable)
+    tail = (f", crashes: {s.crashes}" if s.crashes else "") + \
+        (f", unreplayable divergences: {defects}" if defects else "")
+    if s.baseline:
+        mine = [f for f in s.reported() if f.baseline != "baseline"]
+        inherited = sum(1 for f in mine if f.baseline == "inherited")
+        out.append(f"against baseline {s.baseline}: {s.regressions} regression{'s' if s.regressions != 1 else ''}"
+                   f" (findings of the candidate that {s.baseline} showed neither on their reproducer nor in "
+                   f"{triage.BASELINE_TRIES:,} schedules of their program), {inherited} inherited"
+                   f" ({s.baseline} fails too); the exit status follows regressions{tail}")
+    elif s.violations or s.crashes or defects:
+        known = s.violations - s.new
+        out.append(f"violations: {s.violations}: {s.new} new, {known} known "
+                   f"({files} reproducer{'s' if files != 1 else ''} in {s.out}){tail}")
     else:
         out.append("no violation found" + (" (interrupted)" if s.interrupted else ""))
     return "\n".join(out)
+
+
+def summary_junit(s: Summary, suite: str = "shootdown fuzz") -> list[junit.Suite]:
+    """One JUnit test case per cell: a failure per new finding (with a
+    baseline: per regression), an error per crash, watchdog stop or
+    unreplayable divergence; known and inherited findings in system-out."""
+    out = junit.Suite(suite)
+    for c in s.cells:
+        case = junit.Case(f"shootdown.fuzz.{c.spec.env}", c.label, round(c.seconds, 3))
+        notes = []
+        for f in c.findings:
+            text = junit.finding_text(f.file, ", ".join(f.checks), f.summary, f.diagram,
+                                      f"strategy {f.strategy}; found at iteration {f.iteration} "
+                                      f"(engine {f.engine}, seed {s.seed})")
+            if f.replayed is False:
+                case.errors.append(junit.Problem(f"divergence {f.signature.split('|', 1)[1]} does not replay from "
+                                                 "its reproducer (a defect of the divergence check)",
+                                                 "unreplayable-divergence", text))
+            elif (f.baseline == "regression") if s.baseline else (f.status == "new"):
+                what = "regression" if s.baseline else "new"
+                case.failures.append(junit.Problem(f"{what}: {f.strategy} {', '.join(f.checks)}",
+                                                   ", ".join(f.checks), text))
+            else:
+                why = (f"inherited from {s.baseline}" if f.baseline == "inherited" else
+                       f"the baseline {s.baseline}'s own" if f.baseline == "baseline" else f"known: {f.known_because}")
+                notes.append(f"{f.strategy} {', '.join(f.checks)} {_where(f)} ({why})")
+        for x in c.crashes:
+            case.errors.append(junit.Problem(x.strip().splitlines()[0][:200] if x.strip() else "crash", "crash", x))
+        for w in c.watchdogs:
+            case.errors.append(junit.Problem(watchdog_text(w)[:200], "watchdog", watchdog_text(w)))
+        case.out = "\n".join(notes)
+        out.cases.append(case)
+    return [out]
 
 
 def _covered_text(covered: list[list[int]], engine: str, seed: int) -> str:
@@ -215,10 +306,14 @@ def plan_from_args(args: argparse.Namespace, cells: list[CellSpec]) -> Plan:
         raise UsageError(str(e)) from None
     if not args.no_write:
         writable_dir(args.out, "--out")
+    if args.junit:
+        writable_dir(Path(args.junit).parent, "--junit", args.junit)
     return Plan(cells, engine=args.engine, seed=args.seed, length=args.length,
                 jobs=jobs, runs=args.runs, budget=args.budget, out=Path(args.out),
                 write=not args.no_write, minimize_attempts=args.minimize_attempts, options=tuple(options),
-                command="shootdown fuzz", cluster=args.cluster, watchdog=args.watchdog)
+                command="shootdown fuzz", cluster=args.cluster, watchdog=args.watchdog,
+                expected=triage.default_expected(), baseline=getattr(args, "baseline_spec", None),
+                diagrams=bool(args.junit))
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
@@ -226,22 +321,36 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         from fuzz.safe_on import run_safe_on
         return run_safe_on(args)
     strategies = resolve_strategies(args.strategy, args.strategy_file)
+    if args.baseline:
+        strategies = with_baseline(strategies, args)
     cells = build_cells(strategies, args.platform, args.env)
     plan = plan_from_args(args, cells)
-    return execute(plan, args.format)
+    return execute(plan, args.format, junit_path=args.junit)
 
 
-def execute(plan: Plan, fmt: str = "text", header: str | None = None) -> int:
+def with_baseline(strategies: list, args: argparse.Namespace) -> list:
+    """--baseline NAME|FILE: the baseline runs in the lockstep of every cell
+    (added if it is not one of the strategies); the others are candidates."""
+    base = resolve_strategies([args.baseline], None)[0] if not args.baseline.endswith(".py") else \
+        resolve_strategies(None, [args.baseline])[0]
+    if not any(s.name == base.name for s in strategies):
+        strategies = [*strategies, base]
+    if len(strategies) < 2 or all(s.name == base.name for s in strategies):
+        raise UsageError(f"--baseline {args.baseline}: give the candidate with --strategy or --strategy-file")
+    args.baseline_spec = base.source if str(base.source).endswith(".py") else base.name
+    return strategies
+
+
+def execute(plan: Plan, fmt: str = "text", header: str | None = None, junit_path: str | None = None) -> int:
     stop = StopFlag()
-    progress = _Progress() if is_tty() and fmt == "text" else None
+    progress = _Progress() if is_tty() and fmt == "text" else PeriodicProgress()
 
     def on_signal(signum, frame):  # first Ctrl-C or SIGTERM: stop cleanly; the second: cut minimising short
         if stop.is_set():
             stop.hurry()
             return
         stop.set()
-        if progress is not None:
-            progress("stopping: minimising what was found (Ctrl-C again to skip) ...")
+        progress("stopping: minimising what was found (Ctrl-C again to skip) ...")
 
     old = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
@@ -252,8 +361,7 @@ def execute(plan: Plan, fmt: str = "text", header: str | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
-        if progress is not None:
-            progress.clear()
+        progress.clear()
     if fmt == "json":
         data = summary_json(summary)
         if header:
@@ -263,6 +371,9 @@ def execute(plan: Plan, fmt: str = "text", header: str | None = None) -> int:
         if header:
             print(header)
         print(summary_text(summary))
+    if junit_path:
+        junit.write(junit_path, summary_junit(summary))
+        print(f"shootdown: JUnit report written to {junit_path}", file=sys.stderr)
     return summary.exit_code
 
 
@@ -318,6 +429,13 @@ summary printed, no worker left behind.
                    help=f"CPU seconds one program may take on one strategy before it is stopped and reported "
                         f"(a hook looping without yielding; default {WATCHDOG_SECONDS:g})")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--junit", metavar="FILE",
+                   help="also write a JUnit XML report: one test case per cell, a failure per new finding "
+                        "(with --baseline: per regression) with its file, check and race diagram")
+    p.add_argument("--baseline", metavar="NAME|FILE",
+                   help="base-vs-patch: a strategy to compare the candidates with (e.g. semi-rcu, the kernel's "
+                        "today); it runs in every cell's lockstep; findings where a candidate fails and it does "
+                        "not are regressions, the rest inherited; the exit status follows regressions only")
     p.add_argument("--atheris-input", choices=("bytes", "hypothesis"), default="bytes",
                    help="how atheris inputs are decoded (default bytes: BytesDraw + a decision tape)")
     p.add_argument("--atheris-coverage", choices=("behaviour", "lines", "both"), default="behaviour",

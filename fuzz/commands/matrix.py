@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fuzz import matrix
+from fuzz import junit, matrix, triage
 from fuzz.cli import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -45,6 +45,14 @@ def _specs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if not names:
         names = list(registry.STRATEGIES)
     assert len(names) == len(strategies)
+    if args.baseline:  # the baseline is a column too (added if it is not one)
+        base = args.baseline if not args.baseline.endswith(".py") else str(Path(args.baseline).resolve())
+        b = resolve_strategies([base], None)[0] if not base.endswith(".py") else resolve_strategies(None, [base])[0]
+        if not any(registry.strategy(n).name == b.name for n in names):
+            names.append(base)
+        if len(names) < 2:
+            raise UsageError(f"--baseline {args.baseline}: give the candidate with --strategy or --strategy-file")
+        args.baseline_name = b.name
     envs = list(args.env or ENVIRONMENTS)
     for e in envs:
         if e not in ENVIRONMENTS:
@@ -71,6 +79,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             print(f"shootdown: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
     engines = tuple(args.engine) if args.engine else ("random", "pct")
+    if args.junit:
+        writable_dir(Path(args.junit).parent, "--junit", args.junit)
     out_dir = None if args.no_reproducers else str(writable_dir(args.out, "--out"))
     if args.minimize_attempts <= 0:
         raise UsageError("--minimize-attempts must be positive")
@@ -114,6 +124,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     by_spec = dict(zip(order, cells_ordered, strict=True))
     cells = [by_spec[i] for i in range(len(specs))]
     mismatches, unknown = (matrix.compare(cells, expected) if expected is not None else (None, None))
+    default_exp = triage.default_expected() if expected is None else None
     what = f"{budget:g} s" if budget is not None else ""
     if args.runs is not None:
         what = f"{args.runs} programs" + (f" or {budget:g} s" if args.budget is not None else "")
@@ -131,14 +142,28 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     elif "pct" in engines:
         header += (f"\nS cells are sampled: PCT hits a given depth-{PCT_DEPTH} ordering bug with at least "
                    "the probability shown, never certainly")
+    safe_on = {registry.strategy(n).name: registry.strategy(n).meta.get("safe_on", ()) for n in names}
+    labels = {c.key: triage.label(c.strategy, c.env, safe_on.get(c.strategy, ()), expected or default_exp)
+              for c in cells if c.verdict == "U"}
+    base = getattr(args, "baseline_name", None)
+    versus = matrix.versus_baseline(cells, base) if base else None
     if args.format == "json":
         meta = {"budget_seconds": budget, "runs": args.runs, "seed": args.seed, "engines": list(engines),
-                "platform_file": platform_file, "expected": args.expected}
-        print(json.dumps(matrix.to_json(cells, mismatches, meta, unknown), indent=2))
+                "platform_file": platform_file, "expected": args.expected, "baseline": base}
+        data = matrix.to_json(cells, mismatches, meta, unknown)
+        data["triage"] = {f"{s} @ {e}": {"status": lab.status, "why": lab.why} for (s, e), lab in labels.items()}
+        if versus is not None:
+            data["versus_baseline"] = versus
+        print(json.dumps(data, indent=2))
     elif args.format == "markdown":
         print(matrix.render_markdown(cells, mismatches, header, expected))
     else:
-        print(matrix.render_text(cells, mismatches, header, expected))
+        print(matrix.render_text(cells, mismatches, header, expected, labels, versus, base))
+    if args.junit:
+        junit.write(args.junit, matrix.to_junit(cells, labels, mismatches, versus, base))
+        print(f"shootdown: JUnit report written to {args.junit}", file=sys.stderr)
+    if versus is not None:  # base vs patch: the exit status follows regressions only
+        return EXIT_VIOLATION if any(v["status"] == "regression" for v in versus) else EXIT_OK
     if expected is not None:
         return EXIT_VIOLATION if mismatches else EXIT_OK
     return EXIT_OK if all(c.verdict == "S" for c in cells) else EXIT_VIOLATION
@@ -172,6 +197,13 @@ def register(sub) -> None:
     p.add_argument("--engine", action="append", choices=SEEDED_ENGINES,
                    help="engines to alternate (repeatable; default: random and pct)")
     p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    p.add_argument("--junit", metavar="FILE",
+                   help="also write a JUnit XML report: one test case per cell (failures: new U cells, "
+                        "mismatches with --expected, or regressions with --baseline)")
+    p.add_argument("--baseline", metavar="NAME|FILE",
+                   help="base-vs-patch: compare every other strategy with this one (e.g. semi-rcu): an "
+                        "environment where a candidate is U and the baseline S is a regression, U on both "
+                        "inherited; the exit status follows regressions only")
     p.add_argument("--expected", metavar="FILE",
                    help="a YAML file of expected verdicts (corpus/expected-matrix.yaml); "
                         "mismatches are listed and make the exit status 1")

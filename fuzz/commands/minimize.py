@@ -20,6 +20,7 @@ from fuzz.cli import (
     seconds,
     writable_dir,
 )
+from fuzz.engine import finding_signature
 from fuzz.envs import ENVIRONMENTS, default_environment
 from fuzz.minimize import minimize, size_of
 from fuzz.run import run_lockstep
@@ -43,6 +44,10 @@ def _env_name(program) -> str:
     return default_environment(program.platform).name if program.platform in ENVIRONMENTS else "native"
 
 
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}{'s' if k != 1 else ''}"
+
+
 def cmd_minimize(args: argparse.Namespace) -> int:
     lit = corpus.load(args.file)
     if args.out:  # checked before minimising, not after
@@ -58,7 +63,8 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     lit.bind(strategies)
     res = run_lockstep(lit.program, strategies, platform)
     candidates = [(s, v) for s, r in zip(strategies, res.runs, strict=True) for v in r.verdict.violations]
-    target = next(((s, v) for s, v in candidates if f"{s.name}|{v.signature()}" == lit.signature),
+    # the file's signature: the race it was found for (fuzz.engine.finding_signature)
+    target = next(((s, v) for s, v in candidates if finding_signature(s.name, v) == lit.signature),
                   candidates[0] if candidates else None)
     if target is None:
         raise UsageError(f"{args.file}: no violation to minimise: it replays clean on "
@@ -69,7 +75,7 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     result = minimize(lit.program, strategy, platform, violation.signature(), args.budget,
                       biases=env.choice_biases())
     before, after = size_of(lit.program), result.after
-    signature = f"{strategy.name}|{result.violation.signature()}"
+    signature = finding_signature(strategy.name, result.violation)
     out = Path(args.out) if args.out else None
     out_dir = out if out is not None and not out.suffix == ".yaml" else (out.parent if out else Path(args.file).parent)
     note = (f"Minimised by `shootdown minimize` from {Path(args.file).name} "
@@ -83,8 +89,8 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     if lit.refs:
         new.refs = list(lit.refs)
     msg = (f"{args.file}: {strategy.name} {result.violation.check}: {before['ops']} ops + {before['setup']} setup, "
-           f"{before['cpus']} CPUs, {before['preemptions']} preemptions -> {after['ops']} ops + "
-           f"{after['setup']} setup, {after['cpus']} CPUs, {after['preemptions']} preemptions "
+           f"{before['cpus']} CPUs, {_n(before['preemptions'], 'preemption')} -> {after['ops']} ops + "
+           f"{after['setup']} setup, {after['cpus']} CPUs, {_n(after['preemptions'], 'preemption')} "
            f"({result.runs} runs, {result.seconds:.1f} s{'' if result.complete else ', budget reached'})")
     if out is None:
         sys.stdout.write(corpus.dumps(new))

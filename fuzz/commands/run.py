@@ -83,6 +83,7 @@ def run_exhaustive(args: argparse.Namespace, lit: corpus.Litmus, strategies: lis
     from pathlib import Path
 
     from fuzz import findings
+    from fuzz.engine import finding_signature
     from fuzz.exhaustive import explore, schedule_program
     from fuzz.minimize import minimize
 
@@ -127,7 +128,7 @@ def run_exhaustive(args: argparse.Namespace, lit: corpus.Litmus, strategies: lis
                     prog, v = res.program, res.violation
                 except ValueError:
                     pass
-            litm, stem = findings.build_litmus(prog, s, [s], platform, v, f"{s.name}|{v.signature()}",
+            litm, stem = findings.build_litmus(prog, s, [s], platform, v, finding_signature(s.name, v),
                                                platform.name, "shootdown run --exhaustive", out_dir, note)
             w = findings.write(litm, stem, out_dir, findings.existing(out_dir))
             path = w.path or w.duplicate_of
