@@ -70,7 +70,7 @@ class Environment:
             out["broadcast-flush"] = f"{name} has no broadcast flush (INVLPGB + TLBSYNC)"
         if builtin and name != "xen-pv" or getattr(platform, "enter_lazy_mmu", True) is None:
             out["xen-mc-deferred"] = f"{name} has no Xen multicalls"
-        if builtin and name in ("xen-pv", "broadcast"):
+        if builtin and name in ("xen-pv", "broadcast", "arm64"):
             # xen_flush_tlb_multi() / INVLPGB: remote CPUs never run flush_tlb_func(),
             # whose lazy-TLB branch (switch to init_mm) is what this behaviour counts
             out["lazy-cpu-table-flush"] = f"{name}'s flush does not run flush_tlb_func() on other CPUs"
@@ -126,6 +126,10 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
     Environment("broadcast", "E4", "broadcast",
                 "broadcast flush without IPIs (INVLPGB + TLBSYNC)",
                 weights=_NO_RCU_WALKERS, biases=_NO_BATCH_FAIL),
+    Environment("arm64", "E5", "arm64",
+                "arm64: broadcast TLBI ... IS completed by DSB ISH (no IPI), per-mm ASIDs, "
+                "leaf-only or walk-cache invalidation from the gather flags",
+                weights=_NO_RCU_WALKERS, biases=_NO_BATCH_FAIL),
     Environment("native+batch-fail", "E7", "native",
                 "E1 with every table-batch allocation failing (the single-table fallback)",
                 weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL, lazy_tlb=False),
@@ -134,6 +138,9 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
                 weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL),
     Environment("broadcast+batch-fail", "E7", "broadcast",
                 "E4 with every table-batch allocation failing",
+                weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL),
+    Environment("arm64+batch-fail", "E7", "arm64",
+                "E5 with every table-batch allocation failing",
                 weights=_NO_RCU_WALKERS, biases=_BATCH_FAIL),
     Environment("native+pt-reclaim+batch-fail", "E7", "native",
                 "E2 with every table-batch allocation failing: RCU-only walkers meet the fallback",

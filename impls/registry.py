@@ -17,6 +17,7 @@ PLATFORM_MODULES = {
     "native": "impls.platforms.native",
     "xen-pv": "impls.platforms.xen_pv",
     "broadcast": "impls.platforms.broadcast",
+    "arm64": "impls.platforms.arm64",
 }
 STRATEGIES = tuple(STRATEGY_MODULES)
 PLATFORMS = tuple(PLATFORM_MODULES)

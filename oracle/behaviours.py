@@ -24,7 +24,7 @@ BEHAVIOURS: dict[str, str] = {
     "pmd-changed-retry": "pte_offset_map_lock() found the PMD changed and retried",
     "speculative-walk-lazy": "a lazy-TLB CPU walked the page tables speculatively",
     "kvm-fault-retried": "a KVM fault raced with an invalidation and retried",
-    "broadcast-flush": "a broadcast INVLPGB flush completed with TLBSYNC",
+    "broadcast-flush": "a broadcast flush completed (INVLPGB with TLBSYNC, arm64 TLBI with DSB ISH)",
     "mm-freed": "an mm was torn down and its pgd freed",
     "free-held-by-speculative-ref": "a free only dropped a reference: a speculative GUP-fast "
     "reference kept the page allocated until its put",
@@ -62,7 +62,7 @@ class Behaviours:
             "ipi_send", "xen_mc_deferred", "gp_end", "gup_put", "pt_reclaim", "need_resched",
             "pmd_changed", "hw_read", "tlbsync", "mmdrop", "free_held", "gup_start", "gup_return",
             "flush_ipi_switching", "cr3_load", "cpumask_clear", "rmap_zap", "folio_still_mapped",
-            "xen_type_change_flush", "ptes_moved", "table_moved")}
+            "xen_type_change_flush", "ptes_moved", "table_moved", "dsb_ish")}
 
     def _walker_map(self, ev: Event, sh: Shadow) -> None:
         self.mapped[ev.cpu] = (ev.a["pfn"], ev.a["gen"])
@@ -159,6 +159,9 @@ class Behaviours:
 
     def _folio_still_mapped(self, ev: Event, sh: Shadow) -> None:
         self.hit("truncate-unmapped-refaulted-page")
+
+    def _dsb_ish(self, ev: Event, sh: Shadow) -> None:
+        self.hit("broadcast-flush")
 
     def _xen_type_change_flush(self, ev: Event, sh: Shadow) -> None:
         self.hit("xen-type-change-flush")

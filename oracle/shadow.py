@@ -261,7 +261,7 @@ class Shadow:
             self.ctx_store.pop((ev.cpu, asid), None)
 
     def _tlb_inv_leaf_all(self, ev: Event, _sh: object = None) -> None:
-        self.tlb.pop(ev.cpu, None)
+        self.context(ev.cpu, ev.a.get("asid"))[0].clear()
 
     def _tlb_inv_span(self, ev: Event, _sh: object = None) -> None:
         start, end = ev.a["start"], ev.a["end"]

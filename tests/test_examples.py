@@ -28,13 +28,14 @@ from impls import registry
 from impls.machine import gup, mmu_gather
 from impls.machine.choices import FLIP_LABELS
 from impls.machine.platform import HOOKS as PLATFORM_HOOKS
-from impls.machine.program import OP_KINDS, Env
+from impls.machine.program import OP_KINDS, Env, Op, Program
 from impls.machine.strategy import HOOKS as STRATEGY_HOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SKIP = str(DOCS / "examples" / "skip_sync_ipi.py")
 RAR = str(DOCS / "examples" / "rar.py")
+RADIX = str(DOCS / "examples" / "radix.py")
 EXAMPLES = ROOT / "corpus" / "examples"
 STRATEGY_DOC = DOCS / "writing-a-strategy.md"
 FORMAT_DOC = DOCS / "litmus-format.md"
@@ -75,6 +76,7 @@ BATCHFAIL = corpus.load(EXAMPLES / "skip-sync-ipi+gupfast+munmap+batchfail.yaml"
 OTHERMM = corpus.load(EXAMPLES / "skip-sync-ipi+gupfast+munmap+batchfail+othermm.yaml").program
 GUP_RAR = corpus.load(EXAMPLES / "gupfast+munmap+rar.yaml").program
 LAZY_RAR = corpus.load(EXAMPLES / "lazytlb+munmap+rar.yaml").program
+GUP_RADIX = corpus.load(EXAMPLES / "gupfast+munmap+radix.yaml").program
 PTEWALK_BATCHFAIL = corpus.load(ROOT / "corpus" / "ptewalk+madvise+ptreclaim+batchfail.yaml").program
 
 
@@ -214,6 +216,57 @@ def test_rar_without_the_lazy_target_would_be_caught():
     ops.flush_tlb_multi = flush_tlb_multi
     got = verdicts(LAZY_RAR, ["full-rcu"], ops)
     assert "ordering" in got["full-rcu"]
+
+
+# -- the powerpc radix platform ---------------------------------------------------------
+
+def test_radix_implements_the_platform_hooks_for_gather_flags():
+    ops = registry.platform(RADIX)
+    assert ops.name == "powerpc-radix" and ops.meta["implies_ipi_broadcast"] is False
+    assert ops.tlb_needs_table_invalidate() is True  # radix_enabled()
+    assert "page-walk cache" in ops.doc
+    for name in ("tlb_flush", "switch_mm_irqs_off", "broadcast_tlb_flush"):
+        assert inspect.isgeneratorfunction(getattr(ops, name)), name
+
+
+def test_radix_direct_free_is_a_gup_fast_uaf_rcu_is_safe():
+    got = verdicts(GUP_RADIX, [*BUILTINS, SKIP], registry.platform(RADIX))
+    assert got == {"direct": ["table-uaf"], "semi-rcu": [], "full-rcu": [], "skip-sync-ipi": []}
+
+
+def test_radix_flushes_the_pwc_only_when_tables_are_freed():
+    """radix__tlb_flush(): RIC_FLUSH_TLB (leaf entries, the PWC stays) for a
+    zap, the PID's PWC too (also_pwc) when the gather freed tables; a PID is
+    loaded without a flush."""
+    ev = history(GUP_RADIX, "full-rcu", registry.platform(RADIX))
+    tlbies = [e.a["ric"] for e in ev if e.kind == "tlbie"]
+    assert tlbies and set(tlbies) <= {1, 2}  # munmap frees the PTE table: PWC or ALL
+    assert all(not e.a["flush"] for e in ev if e.kind == "cr3_load")
+    madvise = Program(cpus=2, vmas=((0, 0x200000, 0x200000),),
+                      setup=(Op(1, "access", addr=0x200000, write=True),),
+                      ops=(Op(0, "madvise", addr=0x200000, len=0x200000),))
+    ev = history(madvise, "full-rcu", registry.platform(RADIX))
+    assert [e.a["ric"] for e in ev if e.kind == "tlbie"] == [0]
+    assert all(e.a["psc"] is False for e in ev if e.kind == "tlb_inv" and e.a["why"].startswith("tlbie"))
+
+
+def test_radix_without_the_pwc_flush_would_be_caught():
+    """Guard for the example: a tlb_flush() that never flushes the PWC leaves
+    CPU1's cached pointer to the freed table (stale-psc)."""
+    ops = copy.copy(registry.platform(RADIX))
+    mod = inspect.getmodule(ops.tlb_needs_table_invalidate)
+
+    def tlb_flush(tlb):
+        mod.__radix__flush_tlb_range_psize(tlb.cpu, tlb.mm, tlb.start, tlb.end, False)
+        return
+        yield
+
+    ops.tlb_flush = tlb_flush
+    lazy = Program(cpus=2, vmas=((0, 0x200000, 0x200000),),
+                   setup=(Op(1, "access", addr=0x200000, write=True), Op(1, "switch", mm=None)),
+                   ops=(Op(0, "munmap", addr=0x200000, len=0x200000), Op(1, "spec_walk", addr=0x200000)))
+    assert verdicts(lazy, ["full-rcu"], registry.platform(RADIX)) == {"full-rcu": []}
+    assert "stale-psc" in verdicts(lazy, ["full-rcu"], ops)["full-rcu"]
 
 
 def test_examples_replay_deterministically():

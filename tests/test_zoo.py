@@ -63,6 +63,9 @@ BUDGET: dict[str, tuple[str, int, int]] = {
     # the flush must land in the two steps of the window: seeds 0..3 found it at -, 10, 8, 4
     # (random) and -, 6, 329, 127 (pct) in native+switch (- : not in 1500)
     "should_flush_tlb_skips_switching": ("random", 2, 300),
+    # random seed 0's first programs trip ordering and stale-tlb but no stale-psc in 1500;
+    # seeds 1..3 (random) and 0, 4 (pct) find stale-psc in the first program
+    "arm64_tlb_flush_leaf_only": ("random", 1, 300),
 }
 
 #: checks the zoo does not reach by fuzzing, with the reason

@@ -90,7 +90,7 @@ KERNEL = ("MMU_GATHER_RCU_TABLE_FREE, !PT_RECLAIM, with 'mm/mmu_gather: prepare 
 # under RCU-only walkers, with or without the IPI.
 SAFE_ON = ("native", "xen-pv", "broadcast", "native+batch-fail", "xen-pv+batch-fail",
            "broadcast+batch-fail", "native+lazy", "native+secondary-mmu", "native+switch",
-           "native+file", "xen-pv+file", "broadcast+file")
+           "native+file", "xen-pv+file", "broadcast+file", "arm64", "arm64+batch-fail")
 
 
 class MmuTableBatch:

@@ -39,6 +39,7 @@ FLIP_LABELS: dict[str, str] = {
     "invlpgb.delay": "a broadcast invalidation in flight has not yet reached this CPU",
     "pmd_trylock_fails:pt_reclaim": "spin_trylock() of the PMD lock fails in "
     "try_get_and_clear_pmd() (PT_RECLAIM fast path)",
+    "tlbi.delay": "an arm64 TLBI ... IS in flight has not yet been performed on this CPU",
     "tlb.trim_cpumask": "x86 flush_tlb_mm_range(): the once-a-second mm_cpumask trim is due "
     "(should_trim_cpumask()): CPUs in the mask that run another mm get the IPI and leave the mask",
 }
@@ -244,6 +245,7 @@ DEFAULT_BIASES = {
     "invlpgb.delay": 0.5,
     "pmd_trylock_fails:pt_reclaim": 0.2,
     "tlb.trim_cpumask": 0.25,
+    "tlbi.delay": 0.5,
 }
 
 

@@ -35,9 +35,15 @@ def context_switch(cpu: Cpu, next_mm: Mm | None) -> Step:
     if next_mm is None:
         enter_lazy_tlb(cpu)  # the kernel thread borrows prev->active_mm
     else:
-        yield from P.switch_mm_irqs_off(cpu, next_mm, "context_switch")
         if cpu.current_mm is None and prev_active is not next_mm:
             drop = prev_active  # rq->prev_mm: mmdrop_lazy_tlb() in finish_task_switch()
+        # rq->curr is next before switch_mm(): from here the CPU runs a live
+        # thread of next_mm, which holds an mm_users reference, so an
+        # exit_group() must kill it before exit_mmap() (switch_mm_irqs_off()
+        # has preemption points)
+        cpu.current_mm = next_mm
+        cpu.op_mm = next_mm
+        yield from P.switch_mm_irqs_off(cpu, next_mm, "context_switch")
         cpu.active_mm = next_mm
     cpu.current_mm = next_mm
     # the switch is now part of the next task's run: an exit of next_mm must

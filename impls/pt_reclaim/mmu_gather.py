@@ -50,7 +50,7 @@ SAFE_ON = ("native", "native+pt-reclaim", "xen-pv", "broadcast", "native+batch-f
            "xen-pv+batch-fail", "broadcast+batch-fail", "native+pt-reclaim+batch-fail",
            "native+lazy",
            "native+secondary-mmu", "native+switch", "native+file", "xen-pv+file",
-           "broadcast+file")
+           "broadcast+file", "arm64", "arm64+batch-fail")
 
 
 class MmuTableBatch:

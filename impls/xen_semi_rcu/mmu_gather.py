@@ -57,7 +57,7 @@ KERNEL = "MMU_GATHER_RCU_TABLE_FREE, !PT_RECLAIM (x86 PARAVIRT guests v4.19-v6.1
 SAFE_ON = ("native", "xen-pv", "broadcast", "native+batch-fail", "xen-pv+batch-fail",
            "broadcast+batch-fail", "native+lazy",
            "native+secondary-mmu", "native+switch", "native+file", "xen-pv+file",
-           "broadcast+file")
+           "broadcast+file", "arm64", "arm64+batch-fail")
 
 
 class MmuTableBatch:
