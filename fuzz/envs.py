@@ -108,10 +108,11 @@ _RECLAIM = {"pte_walk": 6.0, "madvise": 5.0, "populate": 3.0}
 _LAZY = {"switch": 6.0, "spec_walk": 6.0}
 #: shared file mappings: walkers and accesses in several mms meet truncates
 #: from CPUs that run none of them
-_FILE = {"truncate": 4.0, "mmap": 3.0, "access": 7.0, "gup_fast": 6.0, "mremap": 3.0}
+_FILE = {"truncate": 4.0, "mmap": 3.0, "access": 7.0, "gup_fast": 6.0, "mremap": 3.0, "revoke": 2.0}
 _FILE_DESC = ("{base} with a shmem file mapped MAP_SHARED by 2-3 mms, truncate (hole punch) "
-              "zapping its pages in every mm through the i_mmap rmap, from any CPU, and mremap "
-              "moving PTEs and whole PTE tables under walkers")
+              "zapping its pages in every mm through the i_mmap rmap, from any CPU, mremap "
+              "moving PTEs and whole PTE tables under walkers, and a device mapped VM_PFNMAP "
+              "whose driver revokes its frames from any CPU")
 
 ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
     Environment("native", "E1", "native",
@@ -161,13 +162,13 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
                 biases=_NO_BATCH_FAIL, lazy_tlb=False),
     Environment("native+file", "E1", "native", _FILE_DESC.format(base="E1"),
                 weights={**_NO_RCU_WALKERS, **_FILE}, biases=_NO_BATCH_FAIL, lazy_tlb=False,
-                files=("shmem",), mms=(2, 3)),
+                files=("shmem", "device"), mms=(2, 3)),
     Environment("xen-pv+file", "E3", "xen-pv", _FILE_DESC.format(base="E3"),
                 weights={**_NO_RCU_WALKERS, **_FILE}, biases=_NO_BATCH_FAIL,
-                files=("shmem",), mms=(2, 3)),
+                files=("shmem", "device"), mms=(2, 3)),
     Environment("broadcast+file", "E4", "broadcast", _FILE_DESC.format(base="E4"),
                 weights={**_NO_RCU_WALKERS, **_FILE}, biases=_NO_BATCH_FAIL,
-                files=("shmem",), mms=(2, 3)),
+                files=("shmem", "device"), mms=(2, 3)),
 )}
 
 

@@ -37,11 +37,14 @@ SLOTS: tuple[tuple[int, int], ...] = (
     (0x40000000, PMD_SIZE),        # alone in its 1 GiB: PMD table freed with it
     (0x8000000000, PMD_SIZE),      # alone in its 512 GiB: PUD table freed with it
 )
-#: (start, len) of the file-mapping slots (slot ids len(SLOTS), len(SLOTS)+1)
+#: (start, len) of the file-mapping slots (slot ids len(SLOTS), ...), and the
+#: kind of file each maps (the program's first file of that kind)
 FILE_SLOTS: tuple[tuple[int, int], ...] = (
     (0x600000, PMD_SIZE),          # next to slots 0 and 1: the same PMD table
     (0x80000000, PMD_SIZE),        # alone in its GiB
+    (0xc0000000, PMD_SIZE),        # alone in its GiB: a device's VM_PFNMAP mapping
 )
+FILE_SLOT_KINDS = ("shmem", "shmem", "device")
 ALL_SLOTS = SLOTS + FILE_SLOTS
 #: slots whose next 2 MiB is never mapped: an mremap may land a page past them
 ISOLATED_SLOTS = (2, 3, len(SLOTS) + 1)
@@ -143,7 +146,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "gup_fast": 6, "munmap": 4, "mmap": 3, "access": 6, "populate": 1, "pte_walk": 2,
     "madvise": 2, "spec_walk": 3, "switch": 2, "exit": 0.3,
     "kvm_fault": 2, "kvm_access": 2, "iommu_access": 2,
-    "truncate": 0, "mremap": 0,
+    "truncate": 0, "mremap": 0, "revoke": 0,
 }
 
 
@@ -176,6 +179,8 @@ def op_weights(cfg: GenConfig) -> dict[str, float]:
         weights.pop("exit", None)  # exit_mm() leaves CPUs lazy on the dying mm
     if "shmem" not in cfg.files:
         weights.pop("truncate", None)
+    if "device" not in cfg.files:
+        weights.pop("revoke", None)
     return weights
 
 
@@ -198,8 +203,8 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
                 st.mapped[m].add(i)
         if cfg.files:
             for j, (s, n) in enumerate(FILE_SLOTS):
-                if draw.bool(0.7):
-                    file_vmas.append((m, s, n, 0, 0))
+                if FILE_SLOT_KINDS[j] in cfg.files and draw.bool(0.7):
+                    file_vmas.append((m, s, n, cfg.files.index(FILE_SLOT_KINDS[j]), 0))
                     st.mapped[m].add(len(SLOTS) + j)
     setup: list[Op] = []
     for m in range(mms):
@@ -215,7 +220,7 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
     weights = op_weights(cfg)
     for _ in range(cfg.length):
         cpu = draw.int(0, cpus - 1)
-        op = _gen_op(draw, st, cpu, mms, weights, cfg.lazy_tlb, bool(cfg.files))
+        op = _gen_op(draw, st, cpu, mms, weights, cfg.lazy_tlb, cfg.files)
         if op is not None:
             ops.append(op)
     return Program(cpus=cpus, mms=mms, platform=cfg.platform, start=tuple(start), vmas=tuple(vmas),
@@ -229,7 +234,7 @@ def _page_addr(slot: int, page: int, st: _State | None = None, mm: int | None = 
 
 
 def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float],
-            lazy_tlb: bool = True, files: bool = False) -> Op | None:
+            lazy_tlb: bool = True, files: tuple[str, ...] = ()) -> Op | None:
     mm = st.running[cpu]
     if mm is None or mm not in st.alive:
         alive = sorted(st.alive)
@@ -252,7 +257,13 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         for m in st.touched:
             st.touched[m] = {t for t in st.touched[m]
                              if not (t[0] >= len(SLOTS) and first <= t[1] < first + n)}
-        return Op(cpu, "truncate", file=0, offset=first * PAGE_SIZE, len=n * PAGE_SIZE)
+        return Op(cpu, "truncate", file=files.index("shmem"), offset=first * PAGE_SIZE, len=n * PAGE_SIZE)
+    if kind == "revoke":
+        # the device's driver revokes every mapping of it, in every mm
+        dev = len(SLOTS) + FILE_SLOT_KINDS.index("device")
+        for m in st.touched:
+            st.touched[m] = {t for t in st.touched[m] if t[0] != dev}
+        return Op(cpu, "revoke", file=files.index("device"))
     if kind in ("gup_fast", "pte_walk", "kvm_fault", "kvm_access", "iommu_access", "spec_walk"):
         touched = sorted(st.touched[mm])
         if touched and draw.bool(0.85):
@@ -288,14 +299,16 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             return Op(cpu, "munmap", addr=SLOTS[0][0], len=2 * PMD_SIZE)
         return Op(cpu, "munmap", addr=_page_addr(slot, 0, st, mm), len=ALL_SLOTS[slot][1])
     if kind == "mmap":
-        free = [i for i in range(len(ALL_SLOTS) if files else len(SLOTS)) if i not in st.mapped[mm]]
+        free = [i for i in range(len(ALL_SLOTS) if files else len(SLOTS)) if i not in st.mapped[mm]
+                and (i < len(SLOTS) or FILE_SLOT_KINDS[i - len(SLOTS)] in files)]
         if not free:
             return None
         slot = free[draw.int(0, len(free) - 1)]
         _map(st, mm, slot)
         st.shift.pop((mm, slot), None)
         if slot >= len(SLOTS):
-            return Op(cpu, "mmap", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1], file=0, offset=0)
+            fid = files.index(FILE_SLOT_KINDS[slot - len(SLOTS)])
+            return Op(cpu, "mmap", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1], file=fid, offset=0)
         return Op(cpu, "mmap", addr=SLOTS[slot][0], len=SLOTS[slot][1])
     if kind == "madvise":
         if not mapped:
@@ -310,7 +323,11 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         if not mapped:
             return None
         src = mapped[draw.int(0, len(mapped) - 1)]
-        kinds = range(len(SLOTS), len(ALL_SLOTS)) if src >= len(SLOTS) else range(len(SLOTS))
+        if src >= len(SLOTS):  # a file mapping moves to a free slot of the same file
+            kinds = [t for t in range(len(SLOTS), len(ALL_SLOTS))
+                     if FILE_SLOT_KINDS[t - len(SLOTS)] == FILE_SLOT_KINDS[src - len(SLOTS)]]
+        else:
+            kinds = range(len(SLOTS))
         free = [t for t in kinds if t not in st.mapped[mm]]
         if not free:
             return None

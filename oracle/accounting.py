@@ -13,7 +13,7 @@ the machine's.
 from __future__ import annotations
 
 from impls.machine.history import Event
-from impls.machine.page_alloc import DATA, TABLE
+from impls.machine.page_alloc import DATA, IOMEM, TABLE
 
 from .base import Check, Handler
 from .shadow import Shadow
@@ -43,6 +43,8 @@ class AccountingCheck(Check):
         f = final.a
         in_tree: set[tuple[int, int]] = set()
         mapped: dict[tuple[int, int], int] = {}
+        # device frames (VM_PFNMAP) are mapped without counting in RSS
+        iomem = {(fr[0], fr[1]) for fr in f["frames"] if fr[2] == IOMEM}
         for mm in f["mms"]:
             if mm["freed"]:
                 continue
@@ -58,9 +60,10 @@ class AccountingCheck(Check):
                     self.report("accounting", (name, field),
                                 f"{name}: {field} = {mm[field]} but its tree has {counts[lvl]} "
                                 "such tables", [final])
-            if mm["rss"] != len(mm["mapping"]):
+            pages = sum(1 for _, pg in mm["mapping"] if pg not in iomem)
+            if mm["rss"] != pages:
                 self.report("accounting", (name, "rss"),
-                            f"{name}: RSS = {mm['rss']} but {len(mm['mapping'])} pages are mapped",
+                            f"{name}: RSS = {mm['rss']} but {pages} pages are mapped",
                             [final])
             for va, (pfn, gen) in mm["mapping"]:
                 mapped[(pfn, gen)] = mapped.get((pfn, gen), 0) + 1

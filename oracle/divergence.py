@@ -94,8 +94,10 @@ def _file_mappings(program: Program, per_cpu: dict) -> list[tuple[int, int, int,
     moves = [(poss, op) for ops in per_cpu.values() for poss, op in ops if op.kind == "mremap"]
     seen = set(out)
     grew = bool(moves)
-    while grew:
+    rounds = 0
+    while grew and rounds < len(moves):  # a chain of moves is at most every mremap once
         grew = False
+        rounds += 1
         for poss, op in moves:
             for mm, start, end, f, pgoff in list(out):
                 lo, hi = max(start, op.addr), min(end, op.addr + op.len)
@@ -110,18 +112,22 @@ def _file_mappings(program: Program, per_cpu: dict) -> list[tuple[int, int, int,
 
 
 def _rmap_spans(program: Program, per_cpu: dict) -> list[tuple[int, int, int]]:
-    """(mm, start, stop) of the pages an rmap operation (``truncate``) may
-    zap: in every mapping of the file that may cover the range."""
+    """(mm, start, stop) of the pages an rmap operation (``truncate``, a
+    device's ``revoke``) may zap: in every mapping of the file that may cover
+    the range."""
     maps = None
     out: list[tuple[int, int, int]] = []
     for ops in per_cpu.values():
         for _, op in ops:
-            if op.kind != "truncate":
+            if op.kind not in ("truncate", "revoke"):
                 continue
             if maps is None:
                 maps = _file_mappings(program, per_cpu)
-            first = op.offset // PAGE_SIZE
-            last = (op.offset + op.len) // PAGE_SIZE - 1
+            if op.kind == "revoke":  # the whole device file
+                first, last = 0, 1 << 40
+            else:
+                first = op.offset // PAGE_SIZE
+                last = (op.offset + op.len) // PAGE_SIZE - 1
             for mm, start, end, f, pgoff in maps:
                 lo, hi = max(first, pgoff), min(last, pgoff + (end - start) // PAGE_SIZE - 1)
                 if f == op.file and lo <= hi:

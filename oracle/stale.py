@@ -22,7 +22,7 @@ back").
 from __future__ import annotations
 
 from impls.machine.history import Event
-from impls.machine.page_alloc import DATA, TABLE
+from impls.machine.page_alloc import DATA, LEAF_STATES, TABLE
 
 from .base import Check, Handler
 from .shadow import IOMMU, Shadow
@@ -80,7 +80,7 @@ class StaleCheck(Check):
     def tlb_use(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
         pfn, gen = a["pfn"], a["gen"]
-        if sh.live(pfn, gen) and sh.state.get(pfn) == DATA:
+        if sh.live(pfn, gen) and sh.state.get(pfn) in LEAF_STATES:
             return
         check = "stale-secondary" if ev.cpu == IOMMU else "stale-tlb"
         self.report(check, (ev.cpu, pfn, gen),
@@ -116,7 +116,7 @@ class StaleCheck(Check):
     def free(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
         pfn, gen, state = a["pfn"], a["gen"], a["state"]
-        if state == DATA:
+        if state in LEAF_STATES:  # a page, or a device frame a driver lets go
             for agent, tlb in sh.tlb.items():
                 for vpn, (p, g, _) in tlb.items():
                     if p == pfn and g == gen:

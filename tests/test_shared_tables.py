@@ -272,3 +272,42 @@ schedule:
         final = r.history.events[-1]
         assert final.a["mms"][0]["mapping"] == ()  # unmapped again, and out of the cache
         assert not any(f[9] for f in final.a["frames"])
+
+
+# -- VM_PFNMAP ------------------------------------------------------------------------------
+
+PFN = """
+shootdown: 1
+cpus: 2
+files: [device]
+vmas: [{mm: 0, start: 0xc0000000, len: 0x200000, file: 0}]
+setup:
+  - {cpu: 0, op: access, addr: 0xc0000000, write: true}
+ops:
+  - {cpu: 1, op: gup_fast, addr: 0xc0000000}
+"""
+
+
+def test_a_pfnmap_frame_has_no_refcount_rss_or_gup():
+    r = _run(PFN)
+    assert r.verdict.checks() == []
+    ev = r.history.events
+    pte = next(e for e in ev if e.kind == "entry_write" and e.a["why"] == "set_pte_at (insert_pfn)")
+    from impls.machine.pgtable import pte_special
+    assert pte_special(pte.a["new"])
+    results = [e.a["result"] for e in ev if e.kind == "op_end" and e.a["op"] >= 0]
+    assert results == ["fallback to slow GUP"]  # gup_fast_pte_range(): pte_special() -> no
+    final = ev[-1].a
+    assert final["mms"][0]["rss"] == 0 and len(final["mms"][0]["mapping"]) == 1
+    from impls.machine.page_alloc import IOMEM
+    assert [f[4] for f in final["frames"] if f[2] == IOMEM] == [1]  # the driver's, not the PTE's
+
+
+def test_revoke_flushes_before_the_frames_go():
+    r = _run(_litmus("revoke+access+pfnmap.yaml"))
+    assert r.verdict.checks() == []
+    ev = r.history.events
+    recv = next(e for e in ev if e.kind == "ipi_recv" and e.cpu == 1 and e.a["src"] == 2)
+    free = next(e for e in ev if e.kind == "free" and e.a["via"] == "device revoked")
+    assert recv.seq < free.seq
+    assert r.verdict.behaviours.get("rmap-zap-foreign-mm") == 1

@@ -59,6 +59,12 @@ BUDGET: dict[str, tuple[str, int, int]] = {
     # frame must be re-purposed elsewhere: seeds 0..7 found it at 2201, 67, 1425, 825, 566,
     # 118, 907, 1199
     "gup_fast_no_recheck": ("random", 1, 300),
+    # a munmap of the device VMA must have zapped (not flushed) when a revoke runs: seeds
+    # 0..5 found it at 824, 455, 20, 58, 135, 331
+    "finish_mmu_without_nested_flush": ("random", 2, 300),
+    # the revoke must run between free_pgtables()'s unlink and the munmap's final flush:
+    # seeds 0..3 found it at 476, 113, 542, 359
+    "pfnmap_unlinked_before_flush": ("random", 1, 300),
     # the switching CPU must reload a PCID it left without a flush of its mm in between, and
     # the flush must land in the two steps of the window: seeds 0..3 found it at -, 10, 8, 4
     # (random) and -, 6, 329, 127 (pct) in native+switch (- : not in 1500)

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 class AddressSpace:
     """struct address_space (with the inode bits the model needs)."""
 
-    __slots__ = ("id", "kind", "i_mmap", "i_mmap_rwsem", "i_rwsem", "pages", "punching")
+    __slots__ = ("id", "kind", "i_mmap", "i_mmap_rwsem", "i_rwsem", "pages", "punching", "dev_lock", "pfns")
 
     def __init__(self, fid: int, kind: str) -> None:
         self.id = fid
@@ -64,6 +64,10 @@ class AddressSpace:
         self.pages: dict[int, Frame] = {}
         #: inode->i_private (struct shmem_falloc): the page ranges being punched
         self.punching: list[tuple[int, int]] = []
+        #: a device file (impls/machine/pfnmap.py): the driver's lock between its
+        #: faults and a revoke, and the frames it maps (page index -> frame)
+        self.dev_lock = RwSem(f"file{fid}.memory_lock")
+        self.pfns: dict[int, Frame] = {}
 
     @property
     def name(self) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from .cpu import Cpu, Mm, Step, down_read, local_irq_restore, local_irq_save, rcu_read_lock, up_read
 from .page_alloc import DATA, Frame
-from .pgtable import entry_pfn, entry_present, entry_writable, index, is_table_entry
+from .pgtable import entry_pfn, entry_present, entry_writable, index, is_table_entry, pte_special
 from .pgtable_generic import Ptr, __pte_offset_map_lock, child_of, pte_unmap, pte_unmap_unlock, walk_to_pmd
 
 WHO = "gup_fast"
@@ -75,7 +75,7 @@ def gup_fast(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
     idx = index(1, addr)
     pte = sw_read(cpu, table, tgen, idx, WHO)
     page = m.frames.get(entry_pfn(pte)) if entry_present(pte) else None
-    if page is None or (write and not entry_writable(pte)):
+    if page is None or pte_special(pte) or (write and not entry_writable(pte)):
         pte_unmap(cpu)
         local_irq_restore(cpu)
         return None

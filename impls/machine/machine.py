@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import fault, filemap, gup, mmap, mmu_notifier, mremap, pgtable_generic, sched_core
+from . import fault, filemap, gup, mmap, mmu_notifier, mremap, pfnmap, pgtable_generic, sched_core
 from .choices import RCU, Choices, Replay
 from .cpu import Cpu, Mm, Step, Vma
 from .history import HW, History
@@ -50,6 +50,7 @@ OPS: dict[str, OpFn] = {
     "iommu_access": mmu_notifier.iommu_access,
     "truncate": filemap.truncate_op,
     "mremap": mremap.mremap_op,
+    "revoke": pfnmap.revoke_op,
 }
 
 DEFAULT_MAX_STEPS = 20_000

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from .cpu import Cpu, Mm, Step, spin_lock, spin_unlock
 from .filemap import folio_unlock, i_mmap_lock_read, i_mmap_unlock_read, shmem_fault, unlink_file_vma
-from .mmu_gather import tlb_end_vma, tlb_flush_pte_range, tlb_free_vmas, tlb_gather_mmu, tlb_start_vma
+from .mmu_gather import tlb_end_vma, tlb_flush_pte_range, tlb_gather_mmu, tlb_start_vma
 from .mmu_notifier import mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start
 from .page_alloc import DATA, TABLE, Frame
 from .paravirt import arch_enter_lazy_mmu_mode, arch_leave_lazy_mmu_mode, paravirt_alloc
@@ -143,6 +143,8 @@ def do_fault(cpu: Cpu, mm: Mm, vma, pmdp: Ptr, addr: int, write: bool) -> Step:
     folio is unlocked.  The reference becomes the mapping's."""
     m = cpu.m
     who = "fault"
+    if vma.file.kind == "device":
+        return (yield from insert_pfn_fault(cpu, mm, vma, pmdp, addr))
     folio = yield from shmem_fault(cpu, vma, addr)
     if isinstance(folio, str):
         return folio
@@ -196,6 +198,33 @@ def do_anonymous_page(cpu: Cpu, mm: Mm, pmdp: Ptr, addr: int, write: bool) -> St
     m.sw_write(cpu, pte.table, pte.gen, idx, mk_pte(folio.pfn, True), "set_pte_at (fault)")
     pte_unmap_unlock(cpu, ptl)
     return f"mapped pfn {folio.pfn:#x}"
+
+
+def insert_pfn_fault(cpu: Cpu, mm: Mm, vma, pmdp: Ptr, addr: int) -> Step:
+    """A VM_PFNMAP VMA's fault: the driver's ->fault calls vmf_insert_pfn()
+    -> insert_pfn(): under the PTL (get_locked_pte()), if the PTE is still
+    none, a special PTE for the raw frame; no refcount, no mapcount, no RSS
+    (VM_FAULT_NOPAGE)."""
+    from .pfnmap import pfnmap_fault, pfnmap_fault_done
+    m = cpu.m
+    who = "fault"
+    frame = yield from pfnmap_fault(cpu, vma, addr)
+    try:
+        pmdval = m.sw_read(cpu, pmdp.frame, pmdp.gen, pmdp.idx, who)
+        if not entry_present(pmdval):
+            yield from __p_alloc(cpu, mm, pmdp, 1, addr & PMD_MASK)
+        res = yield from __pte_offset_map_lock(cpu, pmdp, addr, who)
+        if res is None:
+            return "retry: no table"
+        pte, ptl = res
+        idx = index(1, addr)
+        if m.sw_read(cpu, pte.table, pte.gen, idx, who) == 0:
+            m.sw_write(cpu, pte.table, pte.gen, idx, mk_pte(frame.pfn, True, special=True),
+                       "set_pte_at (insert_pfn)")
+        pte_unmap_unlock(cpu, ptl)
+        return f"inserted pfn {frame.pfn:#x}"
+    finally:
+        pfnmap_fault_done(cpu, vma)
 
 
 # -- zapping ----------------------------------------------------------------
@@ -509,7 +538,7 @@ def free_pgtables(tlb: MmuGather, vmas: list, floor: int, ceiling: int) -> Step:
     of detached VMAs (nearby ones gathered into one call): hide the file VMAs
     from the rmap (unlink_file_vma_batch_*()), then free_pgd_range() up to the
     next one."""
-    yield from tlb_free_vmas(tlb)
+    yield from tlb.m.S.tlb_free_vmas(tlb)
     i = 0
     while i < len(vmas):
         start, end = vmas[i].start, vmas[i].end
@@ -517,9 +546,13 @@ def free_pgtables(tlb: MmuGather, vmas: list, floor: int, ceiling: int) -> Step:
         while j < len(vmas) and vmas[j].start <= end + PMD_SIZE:
             end = vmas[j].end
             j += 1
+        unlinked = False
         for v in vmas[i:j]:
             if v.file is not None:
                 yield from unlink_file_vma(tlb.cpu, v)
+                unlinked = True
+        if unlinked:
+            yield "free_pgtables:unlinked"
         nxt_start = vmas[j].start if j < len(vmas) else ceiling
         yield from free_pgd_range(tlb, start, end, floor, nxt_start)
         i = j

@@ -28,12 +28,12 @@ from __future__ import annotations
 from .cpu import Cpu, Mm, Step, Vma, down_read, down_write, downgrade_write, up_read, up_write
 from .filemap import i_mmap_lock_write, i_mmap_unlock_write, vma_link_file
 from .memory import FIRST_USER_ADDRESS, USER_PGTABLES_CEILING, ZapDetails, free_pgtables, unmap_vmas
-from .mmu_gather import VM_SHARED, tlb_gather_mmu
+from .mmu_gather import VM_IO, VM_PFNMAP, VM_SHARED, tlb_gather_mmu
 from .mmu_notifier import mmu_notifier_release
 from .pgtable import PAGE_SIZE
 
 #: vm_flags of a file mapping, by file kind (MAP_SHARED, PROT_READ|PROT_WRITE)
-FILE_VM_FLAGS = {"shmem": VM_SHARED}
+FILE_VM_FLAGS = {"shmem": VM_SHARED, "device": VM_SHARED | VM_IO | VM_PFNMAP}
 
 
 def do_mmap(cpu: Cpu, op) -> Step:

@@ -220,6 +220,7 @@ VM_PFNMAP = 0x400
 VM_MIXEDMAP = 0x10000000
 VM_HUGETLB = 0x400000
 VM_SHARED = 0x8
+VM_IO = 0x4000
 
 
 def tlb_update_vma_flags(tlb: MmuGather, vma) -> None:

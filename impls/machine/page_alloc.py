@@ -7,7 +7,9 @@ first (like the per-CPU page lists), which makes a use-after-free visible as
 soon as anything allocates again.
 
 A frame is ``FREE``, a page-table page (``TABLE``, with its level), a user
-``DATA`` page (with refcount and mapcount), or ``OTHER``.  Table contents are a
+``DATA`` page (with refcount and mapcount), device memory a driver maps with
+VM_PFNMAP (``IOMEM``: allocated and released by the driver, no refcount a
+mapping holds), or ``OTHER``.  Table contents are a
 sparse dict index -> entry value; the content of a freed table stays in the
 frame until it is reallocated (no ``init_on_free``), which is what a stale
 walker reads.  Xen PV state (``PG_pinned``, the hypervisor's pin/type count and
@@ -19,8 +21,11 @@ from __future__ import annotations
 
 from .history import History
 
-FREE, TABLE, DATA, OTHER = 0, 1, 2, 3
-STATE_NAMES = {FREE: "free", TABLE: "table", DATA: "data", OTHER: "other"}
+FREE, TABLE, DATA, OTHER, IOMEM = 0, 1, 2, 3, 4
+STATE_NAMES = {FREE: "free", TABLE: "table", DATA: "data", OTHER: "other", IOMEM: "iomem"}
+#: states of a frame a user PTE may map: a page (with a struct page the mm
+#: counts) or a device frame mapped by VM_PFNMAP (no refcount, no rmap)
+LEAF_STATES = (DATA, IOMEM)
 LEVEL_NAMES = {1: "pte", 2: "pmd", 3: "pud", 4: "pgd"}
 
 

@@ -40,6 +40,7 @@ _PAGE_USER = 0x004
 _PAGE_ACCESSED = 0x020
 _PAGE_DIRTY = 0x040
 _PAGE_PSE = 0x080
+_PAGE_SPECIAL = 0x200  # _PAGE_BIT_SOFTW1: pte_special(), a PFN mapping with no struct page to use
 _PAGE_TABLE = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY
 _PAGE_FLAGS = 0xFFF
 
@@ -63,11 +64,17 @@ def mk_table(pfn: int) -> int:
     return (pfn << PAGE_SHIFT) | _PAGE_TABLE
 
 
-def mk_pte(pfn: int, writable: bool) -> int:
+def mk_pte(pfn: int, writable: bool, special: bool = False) -> int:
     flags = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
     if writable:
         flags |= _PAGE_RW | _PAGE_DIRTY
+    if special:
+        flags |= _PAGE_SPECIAL  # pte_mkspecial(): vmf_insert_pfn()
     return (pfn << PAGE_SHIFT) | flags
+
+
+def pte_special(v: int) -> bool:
+    return bool(v & _PAGE_SPECIAL)
 
 
 def entry_pfn(v: int) -> int:

@@ -32,6 +32,8 @@ OP_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "mremap": (("addr", "len", "new_addr"), "mremap(addr, len, len, MREMAP_MAYMOVE|MREMAP_FIXED, "
                "new_addr): move_page_tables() (whole PTE tables with move_normal_pmd(), else "
                "move_ptes()), then unmap the old range"),
+    "revoke": (("file",), "the driver of device file F revokes its frames: unmap_mapping_range() "
+               "of the whole file in every mm, from this CPU, then the frames are released"),
     "truncate": (("file", "offset", "len"), "punch a hole in shmem file F (shmem_fallocate(PUNCH_HOLE)): "
                  "unmap_mapping_range() in every mm that maps the range, from this CPU, then the "
                  "page-cache pages are dropped"),
@@ -45,6 +47,8 @@ OPTIONAL_ARGS: dict[str, tuple[str, ...]] = {
 #: the kinds of file a program may declare (``files:``)
 FILE_KINDS: dict[str, str] = {
     "shmem": "a tmpfs/shmem file: page-cache pages with their own lifetime, mapped MAP_SHARED",
+    "device": "a driver's device file: mmap gives a VM_PFNMAP mapping of raw device frames "
+              "(vmf_insert_pfn(): no refcount, no rmap), which the driver can revoke",
 }
 
 

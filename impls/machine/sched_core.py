@@ -32,6 +32,10 @@ def context_switch(cpu: Cpu, next_mm: Mm | None) -> Step:
         P.start_context_switch(cpu)
     prev_active = cpu.active_mm
     drop = None
+    # the switch is part of the next task's run from its start: an exit of
+    # next_mm that begins while switch_mm_irqs_off() is in progress must count
+    # this CPU among its threads and wait for it
+    cpu.op_mm = next_mm
     if next_mm is None:
         enter_lazy_tlb(cpu)  # the kernel thread borrows prev->active_mm
     else:
@@ -85,7 +89,9 @@ def exit_op(cpu: Cpu, op) -> Step:
     m.h.emit(cpu.id, "exit_group", mm=mm.id)
     # other threads of this process: wait until they are between operations,
     # then they are gone (their CPUs run a kernel thread, lazily on mm)
-    others = [c for c in m.cpus if c is not cpu and c.current_mm is mm]
+    # (a CPU in the middle of switching to a thread of mm is one of them: it
+    # set op_mm when the switch began, before current_mm changes)
+    others = [c for c in m.cpus if c is not cpu and (c.current_mm is mm or c.op_mm is mm)]
     yield from wait_until(cpu, lambda: all(c.op_mm is not mm for c in others), "exit:zap_other_threads")
     for c in others:
         if c.current_mm is mm:

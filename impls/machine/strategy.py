@@ -20,6 +20,9 @@ optional (the machine's generic version is used when absent)
   ``tlb_flush_mmu_tlbonly(tlb)``, ``tlb_finish_mmu(tlb)``.
   ``gup_fast(cpu, mm, addr, write) -> page | None``: the lockless walker, for a
   scheme that changes how GUP-fast protects itself.
+  ``tlb_free_vmas(tlb)``: the first thing ``free_pgtables()`` does: flush if
+  a VM_PFNMAP/VM_MIXEDMAP VMA was zapped (``tlb.vma_pfn``) and the flush is
+  still pending, before any VMA leaves the rmap.
   ``tlb_remove_table_sync_one(cpu)``: wait for every concurrent IRQ-off walker
   (GUP-fast) with an IPI to all other CPUs; generic code calls it where a
   table is about to be modified or reused without a grace period (hugetlb's
@@ -55,6 +58,8 @@ HOOKS = [
     Hook("gup_fast", False, True, gup.gup_fast, "the GUP-fast lockless walker"),
     Hook("tlb_remove_table_sync_one", False, True, mmu_gather.tlb_remove_table_sync_one,
          "wait for concurrent GUP-fast walkers (an IPI to every other CPU)"),
+    Hook("tlb_free_vmas", False, True, mmu_gather.tlb_free_vmas,
+         "the flush a zapped VM_PFNMAP VMA needs before free_pgtables() unlinks VMAs"),
 ]
 HOOK_NAMES = tuple(h.name for h in HOOKS)
 #: kernel functions a strategy defines under their own names that are close to
