@@ -20,7 +20,7 @@ The matrix (about 1,350 cases, 2,000 machine runs):
 
 * generated programs (fuzz.generate, 32 operations) for every strategy x
   platform x environment configuration (PT_RECLAIM off/on/v6.14-rc1, KVM,
-  IOMMU, KVM+IOMMU+PT_RECLAIM, skipped mmu notifiers), each under
+  IOMMU, KVM+IOMMU+PT_RECLAIM, skipped mmu notifiers, THP), each under
   RandomChoices, PCTChoices (as fuzz.engine builds them) and the default
   replay policy;
 * fuzz.engine-style lockstep (fuzz_one) on every environment of fuzz.envs
@@ -66,6 +66,8 @@ CONFIGS: dict[str, tuple[dict, bool]] = {
     "iommu": ({"iommu": True}, False),
     "kvm+iommu+reclaim": ({"kvm": True, "iommu": True, "pt_reclaim": "on"}, False),
     "skip-notifiers": ({"kvm": True, "iommu": True}, True),
+    "thp": ({"thp": True, "weights": {**DEFAULT_WEIGHTS, "collapse": 4.0, "khugepaged": 3.0, "split": 2.0,
+                                      "pte_walk": 1.5}}, False),
 }
 #: fuzz.envs.ENVIRONMENTS as of the recording, frozen here so that edits to
 #: fuzz/envs.py or fuzz/engine.py do not move the golden digests:

@@ -432,7 +432,7 @@ def parse(text: str, name: str = "<string>", base: str | Path | None = None) -> 
     start = tuple(None if v is None else _int(ctx, ("start", i), v, 0, mms - 1) for i, v in enumerate(start_raw))
     env_raw = data.get("env")
     env_raw = _keys(ctx, ("env",), {} if env_raw is None else env_raw,
-                    {"pt_reclaim", "kvm", "iommu", "skip_mmu_notifiers", "options"})
+                    {"pt_reclaim", "kvm", "iommu", "skip_mmu_notifiers", "options", "thp"})
     ptr = env_raw.get("pt_reclaim", "off")
     if ptr is False:
         ptr = "off"
@@ -440,12 +440,12 @@ def parse(text: str, name: str = "<string>", base: str | Path | None = None) -> 
         ptr = "on"
     if not isinstance(ptr, str) or ptr not in PT_RECLAIM_MODES:
         raise ctx.fail(("env", "pt_reclaim"), f"expected one of {', '.join(PT_RECLAIM_MODES)}")
-    for k in ("kvm", "iommu", "skip_mmu_notifiers"):
+    for k in ("kvm", "iommu", "skip_mmu_notifiers", "thp"):
         if not isinstance(env_raw.get(k, False), bool):
             raise ctx.fail(("env", k), "expected true or false")
     options = _platform_options(ctx, platform, env_raw.get("options"))
     env = Env(ptr, env_raw.get("kvm", False), env_raw.get("iommu", False), env_raw.get("skip_mmu_notifiers", False),
-              options)
+              options, env_raw.get("thp", False))
     files_raw = _list(ctx, ("files",), data.get("files"), f"a list of file kinds ({', '.join(FILE_KINDS)})")
     if len(files_raw) > MAX_FILES:
         raise ctx.fail(("files",), f"at most {MAX_FILES} files")
@@ -604,7 +604,7 @@ def dumps(lit: Litmus) -> str:
         parts = []
         if env.pt_reclaim != "off":
             parts.append(f"pt_reclaim: {env.pt_reclaim}")
-        for k in ("kvm", "iommu", "skip_mmu_notifiers"):
+        for k in ("kvm", "iommu", "skip_mmu_notifiers", "thp"):
             if getattr(env, k):
                 parts.append(f"{k}: true")
         if env.options:

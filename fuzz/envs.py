@@ -39,13 +39,15 @@ class Environment:
     files: tuple[str, ...] = ()
     #: how many address spaces a program has (sharing needs several)
     mms: tuple[int, int] = (1, 2)
+    #: transparent huge pages (Env.thp): huge faults, collapse, khugepaged, split
+    thp: bool = False
 
     def gen_config(self, length: int = 32, platform: str | None = None) -> GenConfig:
         w = dict(DEFAULT_WEIGHTS)
         w.update(self.weights)
         return GenConfig(platform=platform or self.platform, length=length, pt_reclaim=self.pt_reclaim,
                          kvm=self.kvm, iommu=self.iommu, lazy_tlb=self.lazy_tlb, weights=w,
-                         files=self.files, mms=self.mms)
+                         files=self.files, mms=self.mms, thp=self.thp)
 
     def choice_biases(self) -> dict[str, float]:
         b = dict(DEFAULT_BIASES)
@@ -113,6 +115,11 @@ _FILE_DESC = ("{base} with a shmem file mapped MAP_SHARED by 2-3 mms, truncate (
               "zapping its pages in every mm through the i_mmap rmap, from any CPU, mremap "
               "moving PTEs and whole PTE tables under walkers, and a device mapped VM_PFNMAP "
               "whose driver revokes its frames from any CPU")
+#: THP: collapses and splits next to the walkers that race with them
+#: (GUP-fast, pte_offset_map() users: no PT_RECLAIM here, so RCU-only walkers
+#: meet splits but no table frees), and the zaps that free deposited tables
+_THP = {"collapse": 5.0, "khugepaged": 3.0, "split": 2.0, "gup_fast": 9.0, "pte_walk": 1.5,
+        "madvise": 3.0, "populate": 2.0}
 
 ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
     Environment("native", "E1", "native",
@@ -169,6 +176,21 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
     Environment("broadcast+file", "E4", "broadcast", _FILE_DESC.format(base="E4"),
                 weights={**_NO_RCU_WALKERS, **_FILE}, biases=_NO_BATCH_FAIL,
                 files=("shmem", "device"), mms=(2, 3)),
+    Environment("native+thp", "E1", "native",
+                "E1 with transparent huge pages: huge faults, MADV_COLLAPSE and khugepaged "
+                "collapses, PMD splits, zaps that free deposited PTE tables",
+                weights=_THP, biases=_NO_BATCH_FAIL, lazy_tlb=False, thp=True),
+    Environment("native+thp+lazy", "E8", "native",
+                "E8 with transparent huge pages: lazy-TLB CPUs next to collapses, whose "
+                "flush_tlb_range() must reach them (freed_tables, 3ef938c35035)",
+                weights={**_THP, **_LAZY}, biases=_NO_BATCH_FAIL, thp=True),
+    Environment("xen-pv+thp", "E3", "xen-pv",
+                "E3 with transparent huge pages (a hypercall flush with THP: Xen PV itself gives "
+                "guests no THP, KVM and Hyper-V PV flush guests do)",
+                weights=_THP, biases=_NO_BATCH_FAIL, thp=True),
+    Environment("broadcast+thp", "E4", "broadcast",
+                "E4 with transparent huge pages",
+                weights=_THP, biases=_NO_BATCH_FAIL, thp=True),
 )}
 
 

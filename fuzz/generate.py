@@ -11,6 +11,11 @@ Every decision goes through a :class:`Draw`, so the same code serves the
 random and PCT engines (:class:`RandomDraw`), Hypothesis (which shrinks what it
 drew) and atheris (:class:`BytesDraw`, one byte per decision).
 
+With THP (``GenConfig.thp``) a fault may map a whole slot with a huge PMD;
+``collapse`` and ``split`` target slots with touched pages, kernel-thread
+CPUs run ``khugepaged`` steps on a live mm's slots, and half the
+``madvise`` calls zap a few pages only, which splits a huge PMD first.
+
 Address layout: each mm has VMA *slots* chosen so that unmapping them frees
 tables at every level: two neighbouring 2 MiB slots sharing a PMD table (PTE
 tables freed, floor/ceiling exercised), one slot alone in its 1 GiB (its PMD
@@ -135,6 +140,9 @@ class GenConfig:
     #: which leaves the exiting CPU and the killed threads' CPUs lazy on the
     #: dying mm): the primer's E8 reader class, kept out of E1
     lazy_tlb: bool = True
+    #: transparent huge pages (Env.thp): huge faults, and the collapse,
+    #: khugepaged and split operations; partial madvise/munmap that split
+    thp: bool = False
     #: relative weight of each operation kind (0 disables it)
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     #: the files every program declares (kinds of impls.machine.program.FILE_KINDS);
@@ -147,7 +155,10 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "madvise": 2, "spec_walk": 3, "switch": 2, "exit": 0.3,
     "kvm_fault": 2, "kvm_access": 2, "iommu_access": 2,
     "truncate": 0, "mremap": 0, "revoke": 0,
+    # THP operations: only where the environment enables THP (fuzz/envs.py)
+    "collapse": 0, "khugepaged": 0, "split": 0,
 }
+THP_OPS = ("collapse", "khugepaged", "split")
 
 
 @dataclass
@@ -161,6 +172,11 @@ class _State:
     #: (mm, slot) -> bytes the slot's VMA starts after the slot's address (an
     #: mremap to a page-misaligned destination, which moves PTEs one by one)
     shift: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: THP: cpu -> (mm, the operation it runs next): a zap right after a
+    #: collapse, which frees the table the collapse deposited
+    follow: dict[int, tuple[int, Op]] = field(default_factory=dict)
+    #: THP: mm -> the slot last collapsed or split, which walkers aim at
+    hot: dict[int, int] = field(default_factory=dict)
 
 
 def op_weights(cfg: GenConfig) -> dict[str, float]:
@@ -181,18 +197,23 @@ def op_weights(cfg: GenConfig) -> dict[str, float]:
         weights.pop("truncate", None)
     if "device" not in cfg.files:
         weights.pop("revoke", None)
+    if not cfg.thp:
+        for k in THP_OPS:
+            weights.pop(k, None)
     return weights
 
 
 def generate(draw: Draw, cfg: GenConfig) -> Program:
     cpus = draw.int(*cfg.cpus)
     mms = draw.int(*cfg.mms)
-    env = Env(cfg.pt_reclaim, cfg.kvm, cfg.iommu, False)
+    env = Env(cfg.pt_reclaim, cfg.kvm, cfg.iommu, False, thp=cfg.thp)
     st = _State({m: set() for m in range(mms)}, {m: set() for m in range(mms)},
                 [], set(range(mms)))
     start: list[int | None] = []
+    # with THP, kernel threads are where khugepaged runs
+    kthread_p = 0.3 if cfg.thp else 0.15
     for c in range(cpus):
-        start.append(None if (c > 0 and draw.bool(0.15)) else draw.int(0, mms - 1))
+        start.append(None if (c > 0 and draw.bool(kthread_p)) else draw.int(0, mms - 1))
     st.running = list(start)
     vmas: list[tuple[int, int, int]] = []
     file_vmas: list[tuple[int, int, int, int, int]] = []
@@ -220,7 +241,7 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
     weights = op_weights(cfg)
     for _ in range(cfg.length):
         cpu = draw.int(0, cpus - 1)
-        op = _gen_op(draw, st, cpu, mms, weights, cfg.lazy_tlb, cfg.files)
+        op = _gen_op(draw, st, cpu, mms, weights, cfg.lazy_tlb, cfg.files, cfg.thp)
         if op is not None:
             ops.append(op)
     return Program(cpus=cpus, mms=mms, platform=cfg.platform, start=tuple(start), vmas=tuple(vmas),
@@ -234,12 +255,21 @@ def _page_addr(slot: int, page: int, st: _State | None = None, mm: int | None = 
 
 
 def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float],
-            lazy_tlb: bool = True, files: tuple[str, ...] = ()) -> Op | None:
+            lazy_tlb: bool = True, files: tuple[str, ...] = (), thp: bool = False) -> Op | None:
     mm = st.running[cpu]
+    if thp and cpu in st.follow:
+        fmm, fop = st.follow.pop(cpu)
+        if fmm == mm and mm in st.alive and draw.bool(0.9):
+            return fop
     if mm is None or mm not in st.alive:
         alive = sorted(st.alive)
         if not alive:
             return Op(cpu, "spec_walk", addr=_page_addr(0, 0))
+        if thp and weights.get("khugepaged", 0) > 0 and draw.bool(0.5):
+            # this kernel thread is khugepaged: scan a slot of a live mm
+            target = alive[draw.int(0, len(alive) - 1)]
+            slot = _target_slot(draw, st, target)
+            return Op(cpu, "khugepaged", addr=SLOTS[slot][0], mm=target)
         # a kernel thread can only switch back to a user task, or walk speculatively
         if draw.bool(0.7):
             target = alive[draw.int(0, len(alive) - 1)]
@@ -264,9 +294,20 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         for m in st.touched:
             st.touched[m] = {t for t in st.touched[m] if t[0] != dev}
         return Op(cpu, "revoke", file=files.index("device"))
+    if kind in ("collapse", "split"):
+        slot = _target_slot(draw, st, mm)
+        st.hot[mm] = slot
+        if kind == "collapse" and draw.bool(0.6):
+            # then zap the huge PMD: zap_huge_pmd() frees the deposited table
+            st.follow[cpu] = (mm, Op(cpu, "madvise", addr=SLOTS[slot][0], len=SLOTS[slot][1]))
+        return Op(cpu, kind, addr=_page_addr(slot, draw.int(0, PAGES_PER_SLOT - 1)))
+    if kind == "khugepaged":
+        return None  # only kernel threads run khugepaged (above)
     if kind in ("gup_fast", "pte_walk", "kvm_fault", "kvm_access", "iommu_access", "spec_walk"):
         touched = sorted(st.touched[mm])
-        if touched and draw.bool(0.85):
+        if thp and mm in st.hot and draw.bool(0.7):
+            slot, page = st.hot[mm], draw.int(0, PAGES_PER_SLOT - 1)
+        elif touched and draw.bool(0.85):
             slot, page = touched[draw.int(0, len(touched) - 1)]
         elif mapped:
             slot, page = mapped[draw.int(0, len(mapped) - 1)], draw.int(0, PAGES_PER_SLOT - 1)
@@ -314,6 +355,12 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         if not mapped:
             return None
         slot = mapped[draw.int(0, len(mapped) - 1)]
+        if thp and draw.bool(0.5):
+            # part of a huge page: zap_pmd_range() splits it first
+            first = draw.int(0, PAGES_PER_SLOT - 1)
+            n = draw.int(1, PAGES_PER_SLOT - first)
+            st.touched[mm] = {t for t in st.touched[mm] if not (t[0] == slot and first <= t[1] < first + n)}
+            return Op(cpu, "madvise", addr=_page_addr(slot, first), len=n * PAGE_SIZE)
         st.touched[mm] = {t for t in st.touched[mm] if t[0] != slot}
         return Op(cpu, "madvise", addr=_page_addr(slot, 0, st, mm), len=ALL_SLOTS[slot][1])
     if kind == "mremap":
@@ -357,6 +404,15 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
                 st.running[c] = None
         return Op(cpu, "exit")
     return None
+
+
+def _target_slot(draw: Draw, st: _State, mm: int) -> int:
+    """A slot to collapse or split: one with touched pages, mostly."""
+    touched = sorted({s for s, _ in st.touched[mm]})
+    if touched and draw.bool(0.85):
+        return touched[draw.int(0, len(touched) - 1)]
+    mapped = sorted(st.mapped[mm])
+    return mapped[draw.int(0, len(mapped) - 1)] if mapped else 0
 
 
 def _map(st: _State, mm: int, slot: int) -> bool:

@@ -6,16 +6,22 @@ cell per environment runs the strategies that claim it, in lockstep (so they
 are compared, too); the time budget is split evenly over the cells.  Any
 violation fails the run.
 
-First, a canary: a planted bug (tests/mutants/native_skip_lazy.py, native
-flushes that skip lazy-TLB CPUs, on native+lazy) must be found within a small,
-deterministic budget (``--canary-runs`` programs, seed 0); if it is not, the
-fuzzer or the oracle is broken and a green result would mean nothing, so the
-run fails loudly before fuzzing anything.
+First, the canaries: planted bugs of tests/mutants that must each be found
+within a small, deterministic budget (``--canary-runs`` programs, seed 0);
+if one is not, the fuzzer or the oracle is broken and a green result would
+mean nothing, so the run fails loudly before fuzzing anything.  By default
+(:data:`CANARIES`) native flushes that skip lazy-TLB CPUs (native_skip_lazy,
+on native+lazy) and a THP collapse that does not wait for GUP-fast
+(khugepaged_no_sync_ipi, on broadcast+thp: the collapse, deposit and
+huge-PMD zap paths must all work for it to be found); ``--canary NAME``
+picks others, any planted bug of tests/mutants whose environment is one of
+fuzz/envs.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 from pathlib import Path
 
 from .cli import UsageError, resolve_strategies
@@ -23,9 +29,11 @@ from .envs import ENVIRONMENTS
 from .session import CellSpec, Plan, run_session
 
 ROOT = Path(__file__).resolve().parent.parent
-CANARY_PLATFORM = ROOT / "tests" / "mutants" / "native_skip_lazy.py"
-CANARY_ENV = "native+lazy"
-CANARY_STRATEGY = "direct"
+MUTANTS = ROOT / "tests" / "mutants"
+#: the planted bugs make fuzz checks it still finds before fuzzing
+CANARIES = ("native_skip_lazy", "khugepaged_no_sync_ipi")
+#: the correct strategy a planted platform runs with when it names none
+CANARY_STRATEGY = "full-rcu"
 
 
 def safe_on_cells(strategies: list) -> list[CellSpec]:
@@ -41,23 +49,49 @@ def safe_on_cells(strategies: list) -> list[CellSpec]:
             for e, names in sorted(by_env.items(), key=lambda kv: list(ENVIRONMENTS).index(kv[0]))]
 
 
-def canary(runs: int, length: int, jobs: int = 1) -> tuple[bool, str]:
-    """Is the planted bug still found within ``runs`` programs?"""
-    if not CANARY_PLATFORM.exists():
-        return False, f"canary: {CANARY_PLATFORM} is missing"
-    cell = CellSpec((CANARY_STRATEGY,), str(CANARY_PLATFORM), CANARY_ENV)
-    plan = Plan([cell], engine="random", seed=0, length=length, jobs=jobs, runs=runs, write=False,
-                minimize_attempts=0, command="shootdown fuzz --safe-on (canary)")
-    s = run_session(plan)
-    c = s.cells[0] if s.cells else None
-    if c is None or c.stats.violating == 0:
-        n = c.stats.programs if c else 0
-        return False, (f"CANARY FAILED: the planted bug {CANARY_PLATFORM.name} ({CANARY_STRATEGY} on "
-                       f"{CANARY_ENV}) was not found in {n} programs: the fuzzer or the oracle is broken, "
-                       "so a clean run would prove nothing")
-    f = c.findings[0] if c.findings else None
-    what = f"{', '.join(f.checks)} after {f.found_after_programs + 1} programs" if f else "a violation"
-    return True, f"canary: planted bug {CANARY_PLATFORM.name} found ({what})"
+def _planted(path: Path) -> dict:
+    """The planted bug's ``PLANTED`` record, read without importing the file."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PLANTED"
+                                                for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise UsageError(f"{path}: not a planted bug (no PLANTED record)")
+
+
+def canary_cell(name: str) -> CellSpec:
+    """The cell that fuzzes planted bug ``name`` (a file stem of tests/mutants)
+    on its environment: a strategy mutant alone, a platform mutant with the
+    correct strategy it names."""
+    path = MUTANTS / f"{name}.py"
+    if not path.exists():
+        raise UsageError(f"canary: no planted bug {name!r} in {MUTANTS}")
+    planted = _planted(path)
+    env = planted["env"]
+    if env not in ENVIRONMENTS:
+        raise UsageError(f"canary: {name} is planted in {env!r}, not an environment of fuzz/envs.py")
+    if planted["kind"] == "platform":
+        return CellSpec((planted.get("strategy", CANARY_STRATEGY),), str(path), env)
+    return CellSpec((str(path),), ENVIRONMENTS[env].platform, env)
+
+
+def canary(runs: int, length: int, jobs: int = 1, names: tuple[str, ...] = CANARIES) -> tuple[bool, str]:
+    """Is every planted bug of ``names`` still found within ``runs`` programs?"""
+    lines = []
+    for name in names:
+        cell = canary_cell(name)
+        plan = Plan([cell], engine="random", seed=0, length=length, jobs=jobs, runs=runs, write=False,
+                    minimize_attempts=0, command="shootdown fuzz --safe-on (canary)")
+        s = run_session(plan)
+        c = s.cells[0] if s.cells else None
+        if c is None or c.stats.violating == 0:
+            n = c.stats.programs if c else 0
+            return False, (f"CANARY FAILED: the planted bug {name} (on {cell.env}) was not found in {n} "
+                           "programs: the fuzzer or the oracle is broken, so a clean run would prove nothing")
+        f = c.findings[0] if c.findings else None
+        what = f"{', '.join(f.checks)} after {f.found_after_programs + 1} programs" if f else "a violation"
+        lines.append(f"canary: planted bug {name} found on {cell.env} ({what})")
+    return True, "\n".join(lines)
 
 
 def run_safe_on(args: argparse.Namespace) -> int:
@@ -71,7 +105,7 @@ def run_safe_on(args: argparse.Namespace) -> int:
                          "drop --platform/--env")
     strategies = resolve_strategies(args.strategy, args.strategy_file)
     cells = safe_on_cells(strategies)
-    ok, msg = canary(args.canary_runs, args.length, 1)
+    ok, msg = canary(args.canary_runs, args.length, 1, tuple(args.canary or CANARIES))
     if not ok:
         print(msg)  # noqa: T201  (the CLI layer: make fuzz prints the canary verdict)
         return 1

@@ -1,19 +1,22 @@
 """accounting (I11), plus kernel-bug and liveness.
 
 During the run: a double free, a put on a free page, a table freed while it
-still mapped pages (worked example B).  At quiescence (the ``final`` event):
-every table frame is part of a live tree (an unhooked table that was never
-freed leaks), data pages' reference counts equal their mappings (plus one for
-a page the page cache holds), RSS and nr_ptes/nr_pmds/nr_puds match the trees
-(a table shared by several mms is in each of their trees), no RCU callback is
-pending, and the page tables the oracle rebuilt from the history agree with
-the machine's.
+still mapped pages (worked example B), a PMD table freed with PTE tables still
+deposited for its huge PMDs.  At quiescence (the ``final`` event):
+every table frame is part of a live tree or deposited for one of its huge
+PMDs (an unhooked table that was never freed leaks), data pages' reference
+counts equal their mappings (a PMD-mapped THP is one mapping, each PTE of a
+split one another; plus one for a page the page cache holds), RSS and
+nr_ptes/nr_pmds/nr_puds match the trees (a table shared by several mms is in
+each of their trees), no RCU callback is pending, and the page tables the
+oracle rebuilt from the history agree with the machine's.
 """
 
 from __future__ import annotations
 
 from impls.machine.history import Event
 from impls.machine.page_alloc import DATA, IOMEM, TABLE
+from impls.machine.pgtable import HPAGE_PMD_NR
 
 from .base import Check, Handler
 from .shadow import Shadow
@@ -31,6 +34,10 @@ class AccountingCheck(Check):
 
     def free(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
+        if a.get("deposited"):
+            self.report("accounting", ("deposited", a["pfn"], a["gen"]),
+                        f"PMD table pfn {a['pfn']:#x} freed with {a['deposited']} PTE table(s) still "
+                        "deposited for huge PMDs: they leak", [ev], pfn=a["pfn"])
         if a["state"] == TABLE and a["live"]:
             self.report("accounting", ("live", a["pfn"], a["gen"]),
                         f"table pfn {a['pfn']:#x} freed while it still held {a['live']} present "
@@ -60,11 +67,20 @@ class AccountingCheck(Check):
                     self.report("accounting", (name, field),
                                 f"{name}: {field} = {mm[field]} but its tree has {counts[lvl]} "
                                 "such tables", [final])
-            pages = sum(1 for _, pg in mm["mapping"] if pg not in iomem)
+            huge = mm.get("huge", ())
+            pages = sum(1 for _, pg in mm["mapping"] if pg not in iomem) + HPAGE_PMD_NR * len(huge)
             if mm["rss"] != pages:
                 self.report("accounting", (name, "rss"),
                             f"{name}: RSS = {mm['rss']} but {pages} pages are mapped",
                             [final])
+            for va, (pfn, gen) in huge:
+                # a PMD-mapped THP: one mapping, one reference
+                mapped[(pfn, gen)] = mapped.get((pfn, gen), 0) + 1
+                if sh.translate(mm["id"], va) != (pfn, gen):
+                    self.report("accounting", ("shadow", mm["id"], va),
+                                f"{name} va {va:#x}: the page tables rebuilt from the history "
+                                f"disagree with the machine's (huge pfn {pfn:#x}): a simulator bug",
+                                [final])
             for va, (pfn, gen) in mm["mapping"]:
                 mapped[(pfn, gen)] = mapped.get((pfn, gen), 0) + 1
                 if sh.translate(mm["id"], va) != (pfn, gen):

@@ -44,6 +44,18 @@ BEHAVIOURS: dict[str, str] = {
     "after the range was unmapped, and unmapped it once more (truncate_cleanup_folio())",
     "xen-type-change-flush": "Xen flushed vCPUs when a released page-table page became writable "
     "(_get_page_type(), filtered by its TLB-flush clock)",
+    # THP (env thp)
+    "thp-fault-huge": "a fault mapped a huge PMD (do_huge_pmd_anonymous_page())",
+    "thp-collapsed": "a collapse (MADV_COLLAPSE or khugepaged) installed a huge PMD",
+    "walker-mid-walk-at-collapse": "a lockless walker had a PTE table mapped when a collapse "
+    "cleared its PMD (pmdp_collapse_flush())",
+    "collapse-refused-pinned": "a collapse found a page with a reference its mappings do not "
+    "explain (a GUP pin) and put the PTE table back (SCAN_PAGE_COUNT)",
+    "walker-saw-huge-pmd": "a lockless walker (GUP-fast, pte_offset_map()) met a huge PMD",
+    "walker-saw-split-pmd": "a lockless walker met the not-present value of a huge PMD being "
+    "split (pmdp_invalidate())",
+    "huge-pmd-split": "a huge PMD was split into a PTE table (__split_huge_pmd_locked())",
+    "deposited-table-freed": "a deposited PTE table was freed with pte_free() (zap_huge_pmd())",
 }
 
 
@@ -62,7 +74,8 @@ class Behaviours:
             "ipi_send", "xen_mc_deferred", "gp_end", "gup_put", "pt_reclaim", "need_resched",
             "pmd_changed", "hw_read", "tlbsync", "mmdrop", "free_held", "gup_start", "gup_return",
             "flush_ipi_switching", "cr3_load", "cpumask_clear", "rmap_zap", "folio_still_mapped",
-            "xen_type_change_flush", "ptes_moved", "table_moved", "dsb_ish")}
+            "xen_type_change_flush", "ptes_moved", "table_moved", "dsb_ish", "collapse",
+            "walker_pmd_leaf", "thp_split_pmd")}
 
     def _walker_map(self, ev: Event, sh: Shadow) -> None:
         self.mapped[ev.cpu] = (ev.a["pfn"], ev.a["gen"])
@@ -83,12 +96,31 @@ class Behaviours:
             key = (child, sh.gen.get(child, 0))
             if any(v == key for c, v in self.mapped.items() if c != ev.cpu):
                 self.hit("walker-mid-walk-at-unhook")
+                if a["why"].startswith("pmdp_collapse_flush"):
+                    self.hit("walker-mid-walk-at-collapse")
+        elif a["why"].startswith("set_pmd_at (huge fault)"):
+            self.hit("thp-fault-huge")
 
     def _free(self, ev: Event, sh: Shadow) -> None:
         if self.mapped:
             key = (ev.a["pfn"], ev.a["gen"])
             if any(v == key for v in self.mapped.values()):
                 self.hit("table-freed-under-walker")
+        if ev.a["via"] == "pte_free":
+            self.hit("deposited-table-freed")
+
+    def _collapse(self, ev: Event, sh: Shadow) -> None:
+        res = ev.a["result"]
+        if res == "SCAN_SUCCEED":
+            self.hit("thp-collapsed")
+        elif res == "SCAN_PAGE_COUNT":
+            self.hit("collapse-refused-pinned")
+
+    def _walker_pmd_leaf(self, ev: Event, sh: Shadow) -> None:
+        self.hit("walker-saw-split-pmd" if ev.a["what"] == "invalid-huge" else "walker-saw-huge-pmd")
+
+    def _thp_split_pmd(self, ev: Event, sh: Shadow) -> None:
+        self.hit("huge-pmd-split")
 
     def _alloc_fail(self, ev: Event, sh: Shadow) -> None:
         self.hit("table-batch-alloc-failed" if ev.a["what"] == "mmu_table_batch" else "gather-batch-full")

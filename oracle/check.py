@@ -6,6 +6,7 @@ from __future__ import annotations
 from impls.machine.history import History
 
 from .accounting import AccountingCheck, KernelBugCheck
+from .bad_walk import BadWalkCheck
 from .base import Check, Handler
 from .behaviours import Behaviours
 from .ordering import OrderingCheck
@@ -17,7 +18,7 @@ from .verdict import Verdict
 
 CHECK_CLASSES: tuple[type[Check], ...] = (
     StaleCheck, TableUafCheck, GupPinCheck, XenPinCheck, OrderingCheck, AccountingCheck,
-    KernelBugCheck,
+    KernelBugCheck, BadWalkCheck,
 )
 
 

@@ -15,7 +15,10 @@ observables at quiescence are compared:
   through a file's rmap (``truncate``) acts on every mm that may map the
   range, from a CPU that runs none of them: the pages it may zap are racy in
   all of them.  An ``mremap`` unmaps its old range and maps at the new one
-  whatever the old one held when it ran: its new range is racy;
+  whatever the old one held when it ran: its new range is racy.  With THP
+  (``env.thp``) a page is robust only if, besides, one CPU alone touches its
+  2 MiB region and its last operation there names the page with a definite
+  outcome (:func:`_thp_robust`);
 * ``mm state``: which address spaces exited and were freed;
 * ``leaked pages``: data pages alive at the end but mapped nowhere.
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 from impls.machine.history import Event, History
 from impls.machine.page_alloc import DATA
-from impls.machine.pgtable import PAGE_SIZE
+from impls.machine.pgtable import HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE
 from impls.machine.program import Program
 
 from .verdict import Violation
@@ -40,6 +43,12 @@ ALLOWANCES = ("frame numbers", "flush timing and count", "IPI count", "RCU callb
 _MUTATING_RANGE = ("munmap", "madvise", "mmap", "populate")
 #: kvm_access faults the page in (kvm_fault, slow GUP) on an spte miss
 _MUTATING_PAGE = ("access", "kvm_fault", "kvm_access")
+#: with THP a fault may map the whole 2 MiB around it (the choice is the
+#: schedule's), a collapse maps all of it or nothing, and a GUP pin or a split
+#: decides whether a concurrent collapse succeeds: these operations make their
+#: 2 MiB regions racy unless one CPU alone touches them
+_THP_MUTATING = _MUTATING_RANGE + _MUTATING_PAGE + ("gup_fast", "collapse", "split", "khugepaged",
+                                                    "mremap")
 
 
 #: stands for "some CPU, depending on the schedule" in the sets of CPUs that
@@ -135,53 +144,134 @@ def _rmap_spans(program: Program, per_cpu: dict) -> list[tuple[int, int, int]]:
     return out
 
 
-def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
-    """(mm, page va) -> True if only one CPU's operations may mutate it.
+def _op_span(op) -> tuple[int, int] | None:
+    """[start, stop) of the pages an operation names and may change the
+    mapped state of, or None.  An ``mremap``'s old range ends unmapped."""
+    if op.kind in _MUTATING_RANGE or op.kind == "mremap":
+        return op.addr, op.addr + op.len
+    if op.kind in _MUTATING_PAGE:
+        start = op.addr & ~(PAGE_SIZE - 1)
+        return start, start + 1
+    return None
 
-    MODEL: the mm an operation acts on is over-approximated statically (see
-    ``_possible_mms``, iterated to a fixpoint); pages of an mm that may exit are
-    never robust."""
+
+def _op_regions(op) -> list[tuple[int, int]]:
+    """With THP: the [lo, hi) 2 MiB-aligned ranges an operation may change the
+    mapped state of (or, for a GUP pin and a split, the outcome of a collapse
+    in): an ``mremap`` both its old and its new range."""
+    if op.kind not in _THP_MUTATING:
+        return []
+    starts = [op.addr, op.new_addr] if op.kind == "mremap" else [op.addr]
+    ranged = op.kind in _MUTATING_RANGE or op.kind == "mremap"
+    out = []
+    for start in starts:
+        hi = start + max(op.len, PAGE_SIZE) if ranged else start + PAGE_SIZE
+        out.append((start & ~(PMD_SIZE - 1), (hi + PMD_SIZE - 1) & ~(PMD_SIZE - 1)))
+    return out
+
+
+def _op_mms(op, poss: set, dying: set[int]) -> tuple[set, bool]:
+    """The mms an operation may act on and whether that is certain: a
+    khugepaged step acts on the mm it names (or, if that mm may be exiting,
+    maybe on none)."""
+    if op.kind == "khugepaged":
+        return {op.mm}, op.mm not in dying
+    return poss, len(poss) == 1
+
+
+def _touch_facts(program: Program) -> tuple[dict, tuple | None, set[int]]:
+    """Per mm, the page spans each operation covers with the CPU that runs it
+    (and ``UNCERTAIN`` when its mm, or its outcome, depends on the schedule);
+    with THP, the CPUs touching each 2 MiB region and each one's last
+    operation there; the mms that may exit."""
     dying: set[int] = set()
     while True:
         per_cpu, exits, _ = _possible_mms(program, dying)
         if exits <= dying:
             break
         dying |= exits
-    touched: dict[tuple[int, int], set[int]] = {}
+    named: dict[int, list[tuple[int, int, int]]] = {}
+    regions: dict[tuple[int, int], set[int]] | None = {} if program.env.thp else None
+    last: dict[tuple[int, int, int], object] = {}  # (mm, region, cpu) -> its last op there
     for cpu, ops in per_cpu.items():
         for poss, op in ops:
-            if op.kind in _MUTATING_RANGE:
-                pages = range(op.addr, op.addr + op.len, PAGE_SIZE)
-            elif op.kind in _MUTATING_PAGE:
-                pages = range(op.addr & ~(PAGE_SIZE - 1), (op.addr & ~(PAGE_SIZE - 1)) + 1, PAGE_SIZE)
-            elif op.kind == "mremap":
-                # the old range ends unmapped; what the new one maps depends on what
-                # the old one mapped when the move ran, which other CPUs may change:
-                # racy (UNCERTAIN, below)
-                pages = range(op.addr, op.addr + op.len, PAGE_SIZE)
-                for mm in poss:
-                    if mm is not None:
-                        for va in range(op.new_addr, op.new_addr + op.len, PAGE_SIZE):
-                            touched.setdefault((mm, va), set()).update((cpu, UNCERTAIN))
-            else:
+            span = _op_span(op)
+            regs = _op_regions(op) if regions is not None else []
+            if span is None and not regs:
                 continue
             # an operation whose mm depends on the schedule (a switch that may
             # be skipped, a thread that may be killed first) acts on one of
             # its possible mms or on none: the pages it covers are racy in all
-            who = cpu if len(poss) == 1 else UNCERTAIN
+            poss, certain = _op_mms(op, poss, dying)
+            who = cpu if certain else UNCERTAIN
             for mm in poss:
                 if mm is None:
                     continue
-                if len(pages) > 4096:  # MODEL: huge ranges make every page they cover racy
-                    touched.setdefault((mm, -1), set()).update((cpu, who))
-                    continue
-                for va in pages:
-                    touched.setdefault((mm, va), set()).update((cpu, who))
+                lst = named.setdefault(mm, [])
+                if span is not None:
+                    lst.append((span[0], span[1], cpu))
+                    if who != cpu:
+                        lst.append((span[0], span[1], who))
+                if op.kind == "mremap":
+                    # the old range ends unmapped; what the new one maps depends
+                    # on what the old one mapped when the move ran, which other
+                    # CPUs may change: racy
+                    lst.append((op.new_addr, op.new_addr + op.len, UNCERTAIN))
+                for lo, hi in regs:
+                    for base in range(lo, hi, PMD_SIZE):
+                        regions.setdefault((mm, base), set()).update((cpu, who))
+                        last[(mm, base, cpu)] = op
     for mm, start, stop in _rmap_spans(program, per_cpu):
-        for va in range(start, stop, PAGE_SIZE):
-            touched.setdefault((mm, va), set()).add(UNCERTAIN)
-    return {k: len(v) == 1 and UNCERTAIN not in v and k[0] not in dying
-            for k, v in touched.items() if k[1] >= 0}
+        named.setdefault(mm, []).append((start, stop, UNCERTAIN))
+    return named, (regions, last) if regions is not None else None, dying
+
+
+#: with THP, what the last operation on a 2 MiB region leaves for the pages it
+#: names, whatever the fault path was: mapped (a fault) or not (a zap)
+_THP_DEFINITE = ("access", "populate", "kvm_fault", "kvm_access", "munmap", "madvise")
+
+
+def _thp_robust(thp: tuple[dict, dict], mm: int, va: int) -> bool:
+    """With THP, a page is robust only if one CPU alone touches its 2 MiB
+    region and that CPU's last operation there names the page with a definite
+    outcome: a fault may map the whole region or only its page (a choice of
+    the schedule), a collapse maps all of it or nothing, a split and a GUP
+    pin decide whether a concurrent collapse can."""
+    regions, last = thp
+    base = va & ~(PMD_SIZE - 1)
+    owners = regions.get((mm, base), ())
+    if len(owners) != 1 or UNCERTAIN in owners:
+        return False
+    op = last.get((mm, base, next(iter(owners))))
+    if op is None or op.kind not in _THP_DEFINITE:
+        return False
+    span = _op_span(op)
+    return span is not None and span[0] <= va < span[1] and (va - span[0]) % PAGE_SIZE == 0
+
+
+def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
+    """(mm, page va) -> True if only one CPU's operations may mutate it.
+
+    MODEL: the mm an operation acts on is over-approximated statically (see
+    ``_possible_mms``, iterated to a fixpoint); pages of an mm that may exit are
+    never robust; huge ranges (over 4096 pages) are left out.  With THP see
+    :func:`_thp_robust`."""
+    named, thp, dying = _touch_facts(program)
+    touched: dict[tuple[int, int], set[int]] = {}
+    for mm, spans in named.items():
+        for start, stop, who in spans:
+            pages = range(start, stop, PAGE_SIZE)
+            if len(pages) > 4096:  # MODEL: huge ranges are left out
+                continue
+            for va in pages:
+                touched.setdefault((mm, va), set()).add(who)
+    out = {}
+    for (mm, va), cpus in touched.items():
+        ok = len(cpus) == 1 and UNCERTAIN not in cpus and mm not in dying
+        if ok and thp is not None:
+            ok = _thp_robust(thp, mm, va)
+        out[(mm, va)] = ok
+    return out
 
 
 def certain_exits(program: Program) -> bool:
@@ -202,15 +292,13 @@ def observables(history: History, program: Program) -> dict[str, object] | None:
     exits_certain = certain_exits(program)
     obs: dict[str, object] = {}
     for mm in final.a["mms"]:
-        mapped = {va for va, _ in mm["mapping"]}
+        mapped = _mapped_pages(mm)
         for (mmid, va), ok in robust.items():
             if ok and mmid == mm["id"]:
                 obs[f"mm{mmid} {va:#x} mapped"] = va in mapped
         if exits_certain:
             obs[f"mm{mm['id']} exited"] = mm["exited"]
-    all_mapped = {pg for mm in final.a["mms"] for _, pg in mm["mapping"]}
-    obs["leaked pages"] = sum(1 for f in final.a["frames"]
-                              if f[2] == DATA and (f[0], f[1]) not in all_mapped and not _cached(f))
+    obs["leaked pages"] = _leaked(final)
     return obs
 
 
@@ -227,36 +315,9 @@ class _Touches:
     """
 
     def __init__(self, program: Program) -> None:
-        self.spans: dict[int, list[tuple[int, int, int]]] = {}  # mm -> (start, stop, cpu)
-        self.dying: set[int] = set()
-        while True:
-            per_cpu, exits, _ = _possible_mms(program, self.dying)
-            if exits <= self.dying:
-                break
-            self.dying |= exits
-        for cpu, ops in per_cpu.items():
-            for poss, op in ops:
-                if op.kind in _MUTATING_RANGE or op.kind == "mremap":
-                    start, stop = op.addr, op.addr + op.len
-                    if len(range(start, stop, PAGE_SIZE)) > 4096:
-                        continue  # MODEL: as in robust_pages()
-                elif op.kind in _MUTATING_PAGE:
-                    start = op.addr & ~(PAGE_SIZE - 1)
-                    stop = start + 1
-                else:
-                    continue
-                if op.kind == "mremap":  # as in robust_pages(): the new range is racy
-                    for mm in poss:
-                        if mm is not None:
-                            self.spans.setdefault(mm, []).append((op.new_addr, op.new_addr + op.len, UNCERTAIN))
-                who = cpu if len(poss) == 1 else UNCERTAIN  # as in robust_pages()
-                for mm in poss:
-                    if mm is not None:
-                        self.spans.setdefault(mm, []).append((start, stop, cpu))
-                        if who != cpu:
-                            self.spans[mm].append((start, stop, who))
-        for mm, start, stop in _rmap_spans(program, per_cpu):  # as in robust_pages()
-            self.spans.setdefault(mm, []).append((start, stop, UNCERTAIN))
+        named, self.thp, self.dying = _touch_facts(program)
+        self.spans = {mm: [(a, b, c) for a, b, c in spans if len(range(a, b, PAGE_SIZE)) <= 4096]
+                      for mm, spans in named.items()}
 
     def robust(self, mm: int, va: int) -> bool:
         """``robust_pages(program).get((mm, va), False)``."""
@@ -264,7 +325,9 @@ class _Touches:
             return False
         cpus = {cpu for start, stop, cpu in self.spans.get(mm, ())
                 if start <= va < stop and (va - start) % PAGE_SIZE == 0}
-        return len(cpus) == 1 and UNCERTAIN not in cpus
+        if len(cpus) != 1 or UNCERTAIN in cpus:
+            return False
+        return self.thp is None or _thp_robust(self.thp, mm, va)
 
 
 def _differences(bh: History, h: History, touches: _Touches, program: Program,
@@ -284,8 +347,8 @@ def _differences(bh: History, h: History, touches: _Touches, program: Program,
     out: list[tuple[str, object, object]] = []
     for bmm, mm in zip(bmms, mms, strict=True):
         mmid = mm["id"]
-        bmapped = {va for va, _ in bmm["mapping"]}
-        mapped = {va for va, _ in mm["mapping"]}
+        bmapped = _mapped_pages(bmm)
+        mapped = _mapped_pages(mm)
         for va in bmapped ^ mapped:
             if touches.robust(mmid, va):
                 out.append((f"mm{mmid} {va:#x} mapped", va in bmapped, va in mapped))
@@ -302,8 +365,17 @@ def _final(history: History) -> Event | None:
     return next((e for e in reversed(history.events) if e.kind == "final"), None)
 
 
+def _mapped_pages(mm: dict) -> set[int]:
+    """The page VAs an mm maps at the end, the 512 pages of each huge PMD
+    included."""
+    out = {va for va, _ in mm["mapping"]}
+    for va, _ in mm.get("huge", ()):
+        out.update(range(va, va + HPAGE_PMD_NR * PAGE_SIZE, PAGE_SIZE))
+    return out
+
+
 def _leaked(final: Event) -> int:
-    all_mapped = {pg for mm in final.a["mms"] for _, pg in mm["mapping"]}
+    all_mapped = {pg for mm in final.a["mms"] for _, pg in (*mm["mapping"], *mm.get("huge", ()))}
     return sum(1 for f in final.a["frames"]
                if f[2] == DATA and (f[0], f[1]) not in all_mapped and not _cached(f))
 

@@ -28,13 +28,27 @@ it), a table unhooked and linked again elsewhere (``mremap()``'s
 page-cache page), each unhook adds the CPUs that then ran the mm it was
 unhooked from, at the address it had there.  The CPUs that must have
 invalidated before the free are the union.
+
+THP: clearing a huge PMD is a leaf clear of its folio over 2 MiB; a PTE
+cleared in a table that is already unhooked (a collapse clears the old
+table after ``pmdp_collapse_flush()``) is owed only by the (CPU, ASID)s that
+still owe that table's invalidation: nobody else can have loaded a leaf
+through it since.
 """
 
 from __future__ import annotations
 
 from impls.machine.history import Event
 from impls.machine.page_alloc import TABLE
-from impls.machine.pgtable import LEVEL_SHIFT, PAGE_SHIFT, TABLE_SPAN, entry_pfn, is_table_entry
+from impls.machine.pgtable import (
+    LEVEL_SHIFT,
+    PAGE_SHIFT,
+    PMD_SHIFT,
+    TABLE_SPAN,
+    entry_pfn,
+    is_table_entry,
+    pmd_leaf,
+)
 
 from .base import Check, Handler
 from .shadow import Shadow
@@ -106,7 +120,7 @@ class OrderingCheck(Check):
         child = entry_pfn(old)
         key = (child, sh.gen.get(child, 0))
         debts = self.debts.setdefault(key, [])
-        if level > 1:
+        if level > 1 and not pmd_leaf(old):
             links = self.linked.get(key)
             if links is not None:
                 links.pop((pfn, idx), None)
@@ -115,11 +129,31 @@ class OrderingCheck(Check):
                 lo = base | (idx << shift)
                 debts.append(_Debt(ev, self._cpus_on(sh, mm, True), lo, lo + TABLE_SPAN[level - 1],
                                    True, mm))
+        elif level == 2:
+            # a huge PMD cleared (THP): a 2 MiB leaf of its folio
+            for mm, base in sh.placements(pfn):
+                lo = base | (idx << PMD_SHIFT)
+                debts.append(_Debt(ev, self._cpus_on(sh, mm, False), lo, lo + (1 << PMD_SHIFT),
+                                   False, mm))
         else:
+            nr = a.get("nr", 1)
+            tkey = (pfn, a["gen"])
+            owed = None
+            if not self.linked.get(tkey) and tkey in self.debts:
+                # a PTE cleared in a table already unhooked (a THP collapse
+                # clears the old table after pmdp_collapse_flush()): only a
+                # (CPU, ASID) that has not yet invalidated the table since its
+                # unhook can hold a leaf loaded through it
+                owed = set()
+                for d in self.debts[tkey]:
+                    if d.table:
+                        owed |= d.need
             for mm, base in sh.placements(pfn):
                 lo = base | (idx << PAGE_SHIFT)
-                debts.append(_Debt(ev, self._cpus_on(sh, mm, False), lo, lo + (1 << PAGE_SHIFT),
-                                   False, mm))
+                need = self._cpus_on(sh, mm, False)
+                if owed is not None:
+                    need &= owed
+                debts.append(_Debt(ev, need, lo, lo + (nr << PAGE_SHIFT), False, mm))
 
     def _all(self):
         for ds in self.debts.values():

@@ -11,6 +11,15 @@ there, and GUP-fast's re-check is its linearisation point), and a walker
 without a re-check whose page stayed mapped until it took its reference (x86
 before v4.13 on bare metal, where the flush IPI holds the free off).
 
+A pin must also keep its page: a THP collapse (``collapse_copy``) may not
+copy a page away while a GUP-fast reference to it is held (returned, or
+taken and not yet put back by a walk that then returns it).
+``__collapse_huge_page_isolate()`` refuses a page whose refcount its mappings
+do not explain, and ``tlb_remove_table_sync_one()`` plus GUP-fast's PMD
+re-check make sure no walker that read the old PMD takes a reference after
+that check (70cbc3cc78a9, 2ba99c5e0881); otherwise the pinned page is
+replaced and writes through the pin are lost.
+
 Xen: a frame may only go back to the allocator unpinned, writable and without
 ``PG_pinned``; an unpin of a pgd still in some vCPU's effective CR3 fails.
 """
@@ -43,10 +52,31 @@ class GupPinCheck(Check):
         self.walks: dict[int, _Walk] = {}
         self.grabs: dict[int, Event] = {}
         self.returned: dict[int, Event] = {}
+        #: cpu -> the collapse that copied away the page its walk holds
+        self.collapsed: dict[int, Event] = {}
 
     def handlers(self) -> dict[str, Handler]:
         return {"gup_start": self.start, "entry_write": self.write, "gup_grab": self.grab,
-                "gup_put": self.put, "gup_return": self.ret, "gup_unpin": self.unpin}
+                "gup_put": self.put, "gup_return": self.ret, "gup_unpin": self.unpin,
+                "collapse_copy": self.collapse_copy}
+
+    def collapse_copy(self, ev: Event, sh: Shadow) -> None:
+        pages = set(ev.a["pages"])
+        for cpu, r in self.returned.items():
+            if (r.a["pfn"], r.a["gen"]) in pages:
+                self._pin_lost(cpu, r, ev, sh)
+        for cpu, g in self.grabs.items():
+            if (g.a["pfn"], g.a["gen"]) in pages:
+                self.collapsed[cpu] = ev
+
+    def _pin_lost(self, cpu: int, pin: Event, copy: Event, sh: Shadow) -> None:
+        a = pin.a
+        self.report("leaked-gup-pin", (cpu, pin.seq, "collapse"),
+                    f"a THP collapse on CPU{copy.cpu} copied pfn {a['pfn']:#x} away (va "
+                    f"{a['addr']:#x} now maps the new huge page) while GUP-fast on CPU{cpu} held a "
+                    "pin on it: writes through the pin are lost; __collapse_huge_page_isolate() "
+                    "must refuse a page whose refcount its mappings do not explain",
+                    [sh.last_op.get(cpu), self.grabs.get(cpu), pin, copy], pfn=a["pfn"])
 
     def start(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
@@ -73,8 +103,12 @@ class GupPinCheck(Check):
 
     def put(self, ev: Event, sh: Shadow) -> None:
         self.grabs.pop(ev.cpu, None)
+        self.collapsed.pop(ev.cpu, None)
 
     def ret(self, ev: Event, sh: Shadow) -> None:
+        copy = self.collapsed.pop(ev.cpu, None)
+        if copy is not None:
+            self._pin_lost(ev.cpu, ev, copy, sh)
         g = self.grabs.pop(ev.cpu, None)
         w = self.walks.pop(ev.cpu, None)
         self.returned[ev.cpu] = ev

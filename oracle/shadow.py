@@ -17,6 +17,13 @@ linked where it now is.  The shadow keeps every link (parent table and index)
 of every table, and :meth:`Shadow.placements` answers "which mms reach this
 table, and at which address": the union over its links, from each parent's
 own placements.  The checks ask it instead of the allocating mm.
+
+Huge PMDs (THP): a 2 MiB TLB entry is kept under the negative key
+``huge_key(va)`` as the machine does; ``translate()`` stops at a present huge
+PMD; clearing a huge PMD is a leaf clear of its folio (``pte_clears``), not
+the unhook of a table.  A deposited PTE table is linked nowhere; when a split
+links it again (maybe for another 2 MiB of the same PMD table: the deposit
+list is per PMD table) its placement follows the new link.
 """
 
 from __future__ import annotations
@@ -26,15 +33,27 @@ from impls.machine.page_alloc import DATA, FREE, TABLE
 from impls.machine.pgtable import (
     LEVEL_SHIFT,
     PAGE_SHIFT,
+    PMD_SHIFT,
     TABLE_SPAN,
     entry_pfn,
     entry_present,
     index,
     is_table_entry,
+    pmd_leaf,
 )
 
 PSC_SHIFTS = ((1, 21), (2, 30), (3, 39))
 IOMMU = -3
+
+
+def tlb_key_va(key: int) -> int:
+    """The first VA a TLB key translates (negative keys: 2 MiB entries)."""
+    return key << PAGE_SHIFT if key >= 0 else (-1 - key) << PMD_SHIFT
+
+
+def _entry_overlaps(key: int, start: int, end: int) -> bool:
+    va = tlb_key_va(key)
+    return va < end and start < va + (1 << (PAGE_SHIFT if key >= 0 else PMD_SHIFT))
 
 
 class Shadow:
@@ -113,12 +132,26 @@ class Shadow:
             if not entry_present(val):
                 return None
             child = entry_pfn(val)
+            if level == 2 and pmd_leaf(val):
+                return child, self.gen.get(child, 0)  # a huge PMD maps the folio
             if level > 1:
                 if not is_table_entry(val) or self.state.get(child) != TABLE:
                     return None
                 pfn = child
             else:
                 return child, self.gen.get(child, 0)
+        return None
+
+    def upper_entry_to(self, pfn: int) -> tuple[int, int] | None:
+        """A live upper-level table entry (PMD, PUD, PGD) whose value points
+        to frame ``pfn``, as (table pfn, index), or None.  A scan: only asked
+        when a walker treats a frame that is not a table as one."""
+        for tpfn, entries in self.entries.items():
+            if self.state.get(tpfn) != TABLE or self.level.get(tpfn, 1) < 2:
+                continue
+            for idx, val in entries.items():
+                if val and entry_pfn(val) == pfn:
+                    return tpfn, idx
         return None
 
     def placements(self, pfn: int) -> tuple[tuple[int, int], ...]:
@@ -181,19 +214,21 @@ class Shadow:
         a = ev.a
         pfn, idx, old, new = a["pfn"], a["idx"], a["old"], a["new"]
         table = self.entries.setdefault(pfn, {})
-        if new:
-            table[idx] = new
-        else:
-            table.pop(idx, None)
+        nr = a.get("nr", 1)
+        for i in range(idx, idx + nr):
+            if new:
+                table[i] = new
+            else:
+                table.pop(i, None)
         live = self.state.get(pfn) == TABLE and a["gen"] == self.gen.get(pfn)
         upper = self.level.get(pfn, 1) > 1
         if old and old != new and live:
             child = entry_pfn(old)
             key = (child, self.gen.get(child, 0))
-            if upper:
+            if upper and not pmd_leaf(old):
                 self.unhooks[key] = ev
             else:
-                self.pte_clears[key] = ev
+                self.pte_clears[key] = ev  # a leaf: a 4 KiB page or a huge PMD's folio
         if upper and live and old != new:
             if old and is_table_entry(old):
                 links = self.links.get(entry_pfn(old))
@@ -206,7 +241,8 @@ class Shadow:
 
     def _tlb_fill(self, ev: Event, _sh: object = None) -> None:
         a = ev.a
-        self.tlb.setdefault(ev.cpu, {})[a["va"] >> PAGE_SHIFT] = (a["pfn"], a["gen"], ev.seq)
+        key = -1 - (a["va"] >> PMD_SHIFT) if a.get("huge") else a["va"] >> PAGE_SHIFT
+        self.tlb.setdefault(ev.cpu, {})[key] = (a["pfn"], a["gen"], ev.seq)
         self.fills[(ev.cpu, a["pfn"], a["gen"])] = ev
 
     def _psc_fill(self, ev: Event, _sh: object = None) -> None:
@@ -247,6 +283,7 @@ class Shadow:
         addr = a["start"]
         while addr < a["end"]:
             tlb.pop(addr >> PAGE_SHIFT, None)
+            tlb.pop(-1 - (addr >> PMD_SHIFT), None)
             if drop_psc:
                 for lvl, shift in PSC_SHIFTS:
                     psc.pop((lvl, addr >> shift), None)
@@ -266,8 +303,8 @@ class Shadow:
     def _tlb_inv_span(self, ev: Event, _sh: object = None) -> None:
         start, end = ev.a["start"], ev.a["end"]
         tlb = self.tlb.get(ev.cpu, {})
-        for vpn in [v for v in tlb if start <= v << PAGE_SHIFT < end]:
-            del tlb[vpn]
+        for key in [k for k in tlb if _entry_overlaps(k, start, end)]:
+            del tlb[key]
         psc = self.psc.get(ev.cpu, {})
         for key in list(psc):
             lvl, prefix = key

@@ -24,8 +24,9 @@ from __future__ import annotations
 from impls.machine.history import Event
 from impls.machine.page_alloc import DATA, LEAF_STATES, TABLE
 
+from .bad_walk import misclassified
 from .base import Check, Handler
-from .shadow import IOMMU, Shadow
+from .shadow import IOMMU, Shadow, tlb_key_va
 
 _LEVEL = {1: "PTE", 2: "PMD", 3: "PUD", 4: "PGD"}
 
@@ -95,6 +96,8 @@ class StaleCheck(Check):
         pfn, gen = a["pfn"], a["gen"]
         if sh.is_table(pfn, gen):
             return
+        if misclassified(sh, pfn, gen) is not None:
+            return  # not stale: a walk into a frame a live entry points to (bad-walk)
         check = "stale-secondary" if ev.cpu == IOMMU else "stale-psc"
         lvl = _LEVEL.get(a["level"], "?")
         self.report(check, (ev.cpu, pfn, gen),
@@ -118,19 +121,21 @@ class StaleCheck(Check):
         pfn, gen, state = a["pfn"], a["gen"], a["state"]
         if state in LEAF_STATES:  # a page, or a device frame a driver lets go
             for agent, tlb in sh.tlb.items():
-                for vpn, (p, g, _) in tlb.items():
+                for key, (p, g, _) in tlb.items():
                     if p == pfn and g == gen:
+                        va = tlb_key_va(key)
                         if agent == IOMMU:
                             check = "stale-secondary"
                         elif sh.lazy.get(agent):
                             continue
                         else:
                             check = "stale-tlb"
+                        size = "" if key >= 0 else " (2 MiB)"
                         self.report(check, (agent, pfn, gen),
                                     f"page pfn {pfn:#x} freed while {_agent(agent)} still had a "
-                                    f"TLB entry for va {vpn << 12:#x}",
+                                    f"TLB entry{size} for va {va:#x}",
                                     [sh.fills.get((agent, pfn, gen)), sh.pte_clears.get((pfn, gen)),
-                                     ev], pfn=pfn, va=vpn << 12, agent=agent)
+                                     ev], pfn=pfn, va=va, agent=agent)
             for sptes in sh.sptes.values():
                 for gfn, (p, g, _) in sptes.items():
                     if p == pfn and g == gen:

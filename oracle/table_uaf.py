@@ -12,6 +12,7 @@ from __future__ import annotations
 from impls.machine.history import Event
 from impls.machine.page_alloc import STATE_NAMES, TABLE
 
+from .bad_walk import misclassified
 from .base import Check, Handler
 from .shadow import Shadow
 
@@ -27,6 +28,8 @@ class TableUafCheck(Check):
             return
         if sh.gen.get(pfn, 0) == 0:
             return  # pfn 0 / never allocated: not a table access (garbage pointer)
+        if misclassified(sh, pfn, gen) is not None:
+            return  # not a use-after-free: the walker took a non-table for a table (bad-walk)
         now = STATE_NAMES.get(sh.state.get(pfn, 0), "?")
         reused = sh.gen.get(pfn) != gen
         what = {"sw_read": "read", "sw_touch": "touched", "entry_write": "wrote"}[ev.kind]

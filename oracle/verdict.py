@@ -59,8 +59,12 @@ CHECKS: dict[str, tuple[str, str, str]] = {
         "re-check (the page returned is the one mapped there: the re-check is the walk's "
         "linearisation point), and a walker without a re-check whose page was mapped when it "
         "read the PTE and was not freed before the reference (x86 before v4.13 on bare metal). "
+        "Also flagged: a THP collapse that copied a page away while a GUP-fast pin on it was "
+        "held (writes through the pin are lost). "
         "gup_fast_pte_range() takes an add-unless-zero reference (try_grab_folio_fast()), "
-        "re-checks the PMD and PTE, and puts the folio on any mismatch.",
+        "re-checks the PMD and PTE, and puts the folio on any mismatch; a collapse refuses a "
+        "page whose refcount its mappings do not explain (__collapse_huge_page_isolate()) and "
+        "first waits for IRQ-off walkers (tlb_remove_table_sync_one(), 2ba99c5e0881).",
     ),
     "leaked-xen-pin": (
         "I7", "LEAKED-XEN-PIN",
@@ -105,6 +109,20 @@ CHECKS: dict[str, tuple[str, str, str]] = {
         "mmu_notifier_invalidate_range_start() must zap software secondary mappings before "
         "PTEs are cleared, and mmu_notifier_arch_invalidate_secondary_tlbs() must run with "
         "the CPU flush (with the caller's range) before anything is freed.",
+    ),
+    "bad-walk": (
+        "I9", "BAD-WALK",
+        "Flags a walker (software or hardware) that followed a PMD, PUD or PGD value as a table "
+        "pointer when it was not one: a huge leaf (a THP folio), the not-present value "
+        "pmdp_invalidate() leaves while a huge PMD is split, or an entry to a frame that is no "
+        "longer a page table; the frame it then read as a table is a data page that a live "
+        "entry points to. Not flagged: a walker that reads such a value and does not descend "
+        "(the kernel's rule), and an access through a pointer taken when the frame had another "
+        "generation or was freed (a use-after-free: table-uaf, stale-psc). Read an entry once "
+        "(pmdp_get_lockless()) and descend only if pmd_present() && !pmd_leaf(): "
+        "___pte_offset_map() returns NULL for none, migration, huge and bad values (0d940a9b270b), "
+        "gup_fast_pmd_range() sends leaves to gup_fast_pmd_leaf(), x86 keeps _PAGE_PSE in the "
+        "split's transient value so pmd_trans_huge() stays true (027ef6c87853).",
     ),
     "kernel-bug": (
         "-", "BUG",

@@ -206,10 +206,36 @@ def test_safe_on_cells_group_strategies_by_claimed_environment():
                safe_on_cells([registry.strategy(s) for s in registry.STRATEGIES]))
 
 
-def test_the_canary_finds_its_planted_bug():
-    ok, msg = canary(runs=50, length=128)
+def test_the_canaries_find_their_planted_bugs():
+    ok, msg = canary(runs=200, length=128)
     assert ok, msg
-    assert "native_skip_lazy.py found" in msg
+    assert "native_skip_lazy found" in msg and "khugepaged_no_sync_ipi found" in msg
+    assert cells_of_thp_canary() == ("broadcast+thp",)
+
+
+def cells_of_thp_canary() -> tuple[str, ...]:
+    from fuzz.safe_on import canary_cell
+    return (canary_cell("khugepaged_no_sync_ipi").env,)
+
+
+def test_a_canary_that_is_not_found_fails_the_run():
+    ok, msg = canary(runs=1, length=8, names=("khugepaged_no_sync_ipi",))
+    assert not ok and "CANARY FAILED" in msg
+
+
+#: the THP planted bugs (issue 9): each is found by make fuzz's canary mechanism
+#: (``shootdown fuzz --safe-on --canary NAME``) at its default budget, seed 0
+THP_CANARIES = ("khugepaged_no_sync_ipi", "gup_fast_no_pmd_leaf_check", "gup_fast_pmd_leaf_no_recheck",
+                "sync_ipi_no_wait", "skip_sync_ipi_invlpgb", "flush_tlb_range_no_freed_tables")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", THP_CANARIES)
+def test_thp_planted_bug_is_found_by_the_canary(name, request):
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("slow: run with -m slow")
+    ok, msg = canary(runs=400, length=128, names=(name,))
+    assert ok, msg
 
 
 # -- harnesses ------------------------------------------------------------------------------------------

@@ -136,6 +136,8 @@ CASES = [
      ("full-rcu", None, {"skip_mmu_notifiers": True}), ("full-rcu", None, {})),
     ("kernel-bug", FALLBACK_ON_MUNMAP, (str(MUT / "oracle_ipi_irqs_off.py"), None, {}),
      ("semi-rcu", None, {})),
+    ("bad-walk", ROOT / "corpus" / "gupfast+ptewalk+split.yaml",
+     (str(MUT / "gup_fast_no_pmd_leaf_check.py"), None, {}), ("full-rcu", None, {})),
     ("liveness", FORCED_FLUSH_UNDER_PTL, (str(MUT / "oracle_sleep_under_ptl.py"), None, {}),
      ("direct", None, {})),
 ]
@@ -347,3 +349,44 @@ def test_divergence_ignores_pages_whose_mm_depends_on_the_schedule():
     mapped = [{va for va, _ in f.a["mms"][1]["mapping"]} for f in finals]
     assert (0x200000 in mapped[0]) != (0x200000 in mapped[1]), "the two schedules must differ"
     assert compare(hs, prog) == []
+
+
+# GUP-fast has read the PTE when the collapse clears the PMD; nothing waits for it
+# (the planted bug: no sync IPI, no PMD re-check), so it pins the page after the
+# collapse's refcount check, and the collapse copies the pinned page away.  With the
+# correct strategy the sync IPI waits for the walker, whose PMD re-check fails.
+COLLAPSE_AFTER_PTE_READ = """
+shootdown: 1
+platform: xen-pv
+cpus: 2
+env: {thp: true}
+vmas: [{mm: 0, start: 0x200000, len: 0x200000}]
+setup:
+  - {cpu: 0, op: access, addr: 0x200000, write: true}
+  - {cpu: 0, op: split, addr: 0x200000}
+ops:
+  - {cpu: 1, op: gup_fast, addr: 0x201000}
+  - {cpu: 0, op: collapse, addr: 0x200000}
+schedule:
+  - {cpu: 1, until: "gup_fast:pte_read"}
+  - {cpu: 0, until: "collapse:isolated"}
+  - {cpu: 1, until: "gup_fast:pinned"}
+  - {cpu: 0, until: op_end}
+  - {cpu: 1, until: op_end}
+"""
+
+
+def test_collapse_of_a_pinned_page_is_a_lost_pin():
+    """LEAKED-GUP-PIN's collapse clause: a GUP-fast reference taken after the
+    PMD was read must make the collapse fail (or be put back), never be
+    silently lost."""
+    program = corpus.parse(COLLAPSE_AFTER_PTE_READ).program
+    bad = run_program(program, registry.strategy(str(MUT / "oracle_collapse_pin_lost.py")),
+                      registry.platform("xen-pv"))
+    lost = [v for v in bad.verdict.violations if v.check == "leaked-gup-pin"]
+    assert lost and "copied pfn" in lost[0].summary, bad.verdict.violations
+    assert any(e.kind == "collapse_copy" for e in lost[0].witness)
+    for s in ("semi-rcu", "full-rcu"):
+        good = run_program(program, registry.strategy(s), registry.platform("xen-pv"))
+        assert good.verdict.ok, (s, good.verdict.violations)
+        assert good.verdict.behaviours.get("walker-mid-walk-at-collapse"), s

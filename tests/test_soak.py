@@ -25,7 +25,8 @@ def test_soak_runs_every_safe_on_cell_and_reports(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     for env in ("native", "xen-pv", "broadcast", "native+lazy", "native+pt-reclaim+batch-fail",
-                "native+file", "xen-pv+file", "broadcast+file"):
+                "native+file", "xen-pv+file", "broadcast+file",
+                "native+thp", "native+thp+lazy", "xen-pv+thp", "broadcast+thp"):
         assert f"\n{env} " in out
     from fuzz.safe_on import safe_on_cells
     from impls import registry

@@ -90,7 +90,8 @@ KERNEL = ("MMU_GATHER_RCU_TABLE_FREE, !PT_RECLAIM, with 'mm/mmu_gather: prepare 
 # under RCU-only walkers, with or without the IPI.
 SAFE_ON = ("native", "xen-pv", "broadcast", "native+batch-fail", "xen-pv+batch-fail",
            "broadcast+batch-fail", "native+lazy", "native+secondary-mmu", "native+switch",
-           "native+file", "xen-pv+file", "broadcast+file", "arm64", "arm64+batch-fail")
+           "native+file", "xen-pv+file", "broadcast+file", "arm64", "arm64+batch-fail",
+           "native+thp", "native+thp+lazy", "xen-pv+thp", "broadcast+thp")
 
 
 class MmuTableBatch:
@@ -125,8 +126,10 @@ def tlb_remove_table_smp_sync(cpu, info) -> None:
 
 def tlb_remove_table_sync_one(cpu):
     """mm/mmu_gather.c with the 2026 early return.  Not an RCU grace period:
-    only good for walkers that rely on IRQs being disabled.  Also the hook
-    generic code calls (hugetlb unsharing), so the early return applies there
+    only good for walkers that rely on IRQs being disabled.  Every caller
+    goes through here: the single-table fallback below and, as the
+    strategy's hook, the generic code that calls it (hugetlb unsharing, a THP
+    collapse after pmdp_collapse_flush()), so the early return applies there
     too, as in the kernel."""
     if tlb_table_flush_implies_ipi_broadcast(cpu):
         trace(cpu, "tlb_remove_table_sync_one: the flush was an IPI broadcast, skipped")

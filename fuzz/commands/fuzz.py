@@ -447,6 +447,9 @@ summary printed, no worker left behind.
                    help="the `make fuzz` mode: each strategy on the environments it claims in SAFE_ON, "
                         "after a canary check that a planted bug is still found")
     p.add_argument("--canary-runs", type=count(), default=400, metavar="N",
-                   help="--safe-on: programs the canary may take to find its planted bug")
+                   help="--safe-on: programs each canary may take to find its planted bug")
+    p.add_argument("--canary", action="append", metavar="NAME",
+                   help="--safe-on: a planted bug of tests/mutants to use as a canary (repeatable; "
+                        "default: native_skip_lazy and khugepaged_no_sync_ipi)")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_fuzz)

@@ -136,7 +136,7 @@ def generate_shrinkable(draw: HypothesisDraw, cfg: GenConfig) -> Program:
             draw.stop_span()
             continue
         cpu = draw.int(0, base.cpus - 1)
-        op = _gen_op(draw, st_, cpu, mms, weights)
+        op = _gen_op(draw, st_, cpu, mms, weights, cfg.lazy_tlb, thp=cfg.thp)
         draw.stop_span()
         if op is not None:
             ops.append(op)

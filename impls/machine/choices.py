@@ -42,6 +42,8 @@ FLIP_LABELS: dict[str, str] = {
     "tlbi.delay": "an arm64 TLBI ... IS in flight has not yet been performed on this CPU",
     "tlb.trim_cpumask": "x86 flush_tlb_mm_range(): the once-a-second mm_cpumask trim is due "
     "(should_trim_cpumask()): CPUs in the mask that run another mm get the IPI and leave the mask",
+    "alloc_fails:thp_folio": "with THP, the PMD-order folio allocation of a fault on a none PMD fails "
+    "(do_huge_pmd_anonymous_page() falls back to 4 KiB pages)",
 }
 
 
@@ -246,6 +248,7 @@ DEFAULT_BIASES = {
     "pmd_trylock_fails:pt_reclaim": 0.2,
     "tlb.trim_cpumask": 0.25,
     "tlbi.delay": 0.5,
+    "alloc_fails:thp_folio": 0.4,
 }
 
 

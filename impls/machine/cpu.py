@@ -73,7 +73,7 @@ class Mm:
         "id", "pgd", "pgd_gen", "vmas", "cpumask", "tlb_gen", "rss",
         "nr_ptes", "nr_pmds", "nr_puds", "page_table_lock", "mmap_lock",
         "tlb_flush_pending", "exited", "freed", "pv", "kvm", "iommu",
-        "notifier_active", "dying",
+        "notifier_active", "dying", "anon_vma_lock",
     )
 
     def __init__(self, mm_id: int, pgd: Frame | None) -> None:
@@ -97,6 +97,8 @@ class Mm:
         self.kvm: Any = None      # secondary MMUs registered through mmu notifiers
         self.iommu: Any = None
         self.notifier_active = 0  # invalidate_range_start/end nesting
+        # MODEL: one anon_vma per mm (its rwsem); only collapse takes it here
+        self.anon_vma_lock = RwSem(f"mm{mm_id}.anon_vma")
 
     @property
     def name(self) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from .cpu import Cpu, Step, down_read, up_read
 from .memory import handle_mm_fault
 from .page_alloc import DATA, FREE
-from .pgtable import PAGE_SHIFT, PAGE_SIZE
-from .tlb import hw_walk
+from .pgtable import PAGE_SIZE
+from .tlb import hw_walk, tlb_lookup
 
 MAX_FAULT_RETRIES = 4
 
@@ -27,7 +27,7 @@ def access(cpu: Cpu, op) -> Step:
         return "skipped: kernel thread"
     addr = op.addr & ~(PAGE_SIZE - 1)
     for _ in range(MAX_FAULT_RETRIES):
-        hit = cpu.tlb.get(addr >> PAGE_SHIFT)
+        hit = tlb_lookup(cpu.tlb, addr)
         if hit is None or (op.write and not hit[2]):
             hit = hw_walk(cpu, cpu.id, cpu.tlb, cpu.psc, cpu.cr3_pfn, cpu.cr3_gen, addr, "access")
         if hit is not None and (hit[2] or not op.write):

@@ -18,12 +18,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import fault, filemap, gup, mmap, mmu_notifier, mremap, pfnmap, pgtable_generic, sched_core
+from . import (
+    fault,
+    filemap,
+    gup,
+    huge_memory,
+    khugepaged,
+    mmap,
+    mmu_notifier,
+    mremap,
+    pfnmap,
+    pgtable_generic,
+    sched_core,
+)
 from .choices import RCU, Choices, Replay
 from .cpu import Cpu, Mm, Step, Vma
 from .history import HW, History
 from .page_alloc import DATA, FREE, TABLE, Frame, Frames
-from .pgtable import LEVEL_SHIFT, PAGE_SHIFT, entry_pfn, entry_present, garbage_entry, is_table_entry
+from .pgtable import LEVEL_SHIFT, PAGE_SHIFT, entry_pfn, entry_present, garbage_entry, is_table_entry, pmd_trans_huge
 from .pgtable_generic import Ptr
 from .platform import platform_options
 from .plugin import Ops
@@ -51,6 +63,9 @@ OPS: dict[str, OpFn] = {
     "truncate": filemap.truncate_op,
     "mremap": mremap.mremap_op,
     "revoke": pfnmap.revoke_op,
+    "collapse": khugepaged.madvise_collapse,
+    "khugepaged": khugepaged.khugepaged_scan_op,
+    "split": huge_memory.split_op,
 }
 
 DEFAULT_MAX_STEPS = 20_000
@@ -117,16 +132,23 @@ class Machine:
         split PTL, a full rescan)."""
         self.h.emit_attrs(cpu.id, "sw_touch", {"pfn": f.pfn, "gen": gen, "what": what})
 
-    def sw_write(self, cpu: Cpu, f: Frame, gen: int, idx: int, val: int, why: str) -> None:
-        """A store to entry ``idx`` of table ``f`` (believed generation ``gen``)."""
+    def sw_write(self, cpu: Cpu, f: Frame, gen: int, idx: int, val: int, why: str, nr: int = 1) -> None:
+        """A store to entry ``idx`` of table ``f`` (believed generation ``gen``).
+        ``nr`` > 1: the same store to entries ``idx .. idx+nr-1``, which hold
+        the same old value (set_ptes() of a split, clear_full_ptes() of a
+        large folio's PTE batch): one event."""
         old = f.entries.get(idx, 0) if f.state in (TABLE, FREE) else 0
-        self.h.emit_attrs(cpu.id, "entry_write",
-                          {"pfn": f.pfn, "gen": gen, "idx": idx, "old": old, "new": val, "why": why})
+        a = {"pfn": f.pfn, "gen": gen, "idx": idx, "old": old, "new": val, "why": why}
+        if nr > 1:
+            a["nr"] = nr
+        self.h.emit_attrs(cpu.id, "entry_write", a)
         if f.state in (TABLE, FREE):
-            if val:
-                f.entries[idx] = val
-            else:
-                f.entries.pop(idx, None)
+            entries = f.entries
+            for i in range(idx, idx + nr):
+                if val:
+                    entries[i] = val
+                else:
+                    entries.pop(i, None)
 
     def set_pxd(self, cpu: Cpu, ptr: Ptr, val: int, why: str) -> None:
         """set_pmd()/set_pud()/set_p4d() (pmd_clear(), pmd_populate(), ...):
@@ -142,8 +164,11 @@ class Machine:
     def boot(self) -> None:
         p = self.program
         h = self.h
-        h.emit(HW, "boot", cpus=p.cpus, mms=p.mms, platform=self.P.name, strategy=self.S.name,
-               pt_reclaim=p.env.pt_reclaim, kvm=p.env.kvm, iommu=p.env.iommu)
+        a = {"cpus": p.cpus, "mms": p.mms, "platform": self.P.name, "strategy": self.S.name,
+             "pt_reclaim": p.env.pt_reclaim, "kvm": p.env.kvm, "iommu": p.env.iommu}
+        if p.env.thp:
+            a["thp"] = True
+        h.emit_attrs(HW, "boot", a)
         if self.P.init is not None:
             self.P.init(self)
         boot_cpu = self.cpus[0]
@@ -394,17 +419,22 @@ class Machine:
         mms = []
         for mm in self.mms:
             mapping: dict[int, tuple[int, int]] = {}
+            huge: dict[int, tuple[int, int]] = {}
             tables: list[tuple[int, int, int]] = []
             if not mm.freed:
-                self._collect(mm.pgd, 4, 0, mapping, tables)
-            mms.append({
+                self._collect(mm.pgd, 4, 0, mapping, tables, huge)
+            d = {
                 "id": mm.id, "exited": mm.exited, "freed": mm.freed, "rss": mm.rss,
                 "nr_ptes": mm.nr_ptes, "nr_pmds": mm.nr_pmds, "nr_puds": mm.nr_puds,
                 "vmas": tuple((v.start, v.end) for v in mm.vmas),
                 "mapping": tuple(sorted(mapping.items())), "tables": tuple(sorted(tables)),
                 "pinned": bool(mm.pgd.pinned or mm.pgd.xen_pinned) if not mm.freed else False,
                 "sptes": tuple(sorted(mm.kvm.sptes.items())) if mm.kvm else (),
-            })
+            }
+            if huge:
+                # 2 MiB mappings (THP): va -> (folio pfn, gen); each maps 512 pages
+                d["huge"] = tuple(sorted(huge.items()))
+            mms.append(d)
         live = tuple(
             (f.pfn, f.gen, f.state, f.level, f.refcount, f.mapcount, f.pinned, f.xen_pinned, f.ro,
              1 if f.mapping is not None else 0)
@@ -413,8 +443,10 @@ class Machine:
         return {"mms": tuple(mms), "frames": live,
                 "rcu_pending": len(self.rcu.waiting) + len(self.rcu.ready)}
 
-    def _collect(self, f: Frame, level: int, base: int, mapping: dict, tables: list) -> None:
+    def _collect(self, f: Frame, level: int, base: int, mapping: dict, tables: list, huge: dict) -> None:
         tables.append((f.pfn, f.gen, level))
+        # PTE tables deposited for huge PMDs belong to the mm (nr_ptes)
+        tables.extend((t.pfn, t.gen, 1) for t in f.pmd_huge_pte)
         shift = LEVEL_SHIFT[level]
         for idx, val in sorted(f.entries.items()):
             if not entry_present(val):
@@ -426,7 +458,9 @@ class Machine:
             if level == 1:
                 mapping[va] = (child.pfn, child.gen)
             elif is_table_entry(val) and child.state == TABLE:
-                self._collect(child, level - 1, va, mapping, tables)
+                self._collect(child, level - 1, va, mapping, tables, huge)
+            elif level == 2 and pmd_trans_huge(val):
+                huge[va] = (child.pfn, child.gen)
 
 
 def run_once(program: Program, strategy: Ops, platform: Ops, choices: Choices | None = None,

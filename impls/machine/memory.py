@@ -21,11 +21,15 @@
   mmu_gather on *that VMA's mm*, whatever this CPU runs, the notifiers, the
   zap, ``tlb_finish_mmu()``.  No mmap lock of that mm is taken: the VMA's
   tables live until it is unlinked from ``i_mmap``.
+* With THP (``env.thp``), __handle_mm_fault() first tries the huge paths of
+  huge_memory.py at the PMD, and zap_pmd_range() zaps or splits huge PMDs;
+  a split THP's PTEs are zapped in batches of one large folio
+  (zap_present_ptes(), folio_pte_batch(), __tlb_remove_folio_pages()).
 
-Read at mainline v6.19.
+Read at mainline v6.19 (the THP paths at v6.15).
 
 MODEL: anonymous VMAs are private, file VMAs shared; every anonymous fault
-allocates a page (no zero page, no COW, no THP); the TLB is filled by the
+allocates a page (no zero page, no COW); the TLB is filled by the
 access after the fault.  No delayed rmap for dirty file pages
 (``tlb_delay_rmap()``): the mapcount drops at the zap, not after the flush
 (it only matters to folio_mkclean(), not to when a page may be freed, which
@@ -58,6 +62,7 @@ from .pgtable import (
     is_table_entry,
     mk_pte,
     mk_table,
+    pmd_trans_huge,
 )
 from .pgtable_generic import Ptr, __pte_offset_map_lock, child_of, pte_unmap_unlock, walk_to_pmd
 from .pt_reclaim import free_pte, reclaim_pt_is_enabled, try_get_and_clear_pmd, try_to_free_pte
@@ -133,6 +138,11 @@ def handle_mm_fault(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
     pmdp = Ptr(f, gen, index(2, addr))
     if vma is not None and vma.file is not None:
         return (yield from do_fault(cpu, mm, vma, pmdp, addr, write))
+    if m.env.thp:
+        from .huge_memory import thp_pmd_fault
+        res = yield from thp_pmd_fault(cpu, mm, pmdp, addr, write)
+        if res is not None:
+            return res
     return (yield from do_anonymous_page(cpu, mm, pmdp, addr, write))
 
 
@@ -242,11 +252,29 @@ def next_present(table: Frame, gen: int, lo: int, hi: int, m, cpu: Cpu, who: str
     ``pte_none()`` skip loop of do_zap_pte_range() finds).  The scan is one
     software access to the table."""
     m.sw_touch(cpu, table, gen, who)
+    entries = table.entries
+    if len(entries) > 64:  # a full table (a split THP): walk the indexes
+        for i in range(lo, hi):
+            if i in entries and read_table_memory(table, i):
+                return i
+        return None
     best = None
-    for i in table.entries:
+    for i in entries:
         if lo <= i < hi and read_table_memory(table, i) and (best is None or i < best):
             best = i
     return best
+
+
+def folio_pte_batch(table: Frame, idx: int, max_nr: int, val: int) -> int:
+    """mm/internal.h: folio_pte_batch(): how many PTEs from ``idx`` on (at
+    most ``max_nr``) map consecutive pages of the same large folio with the
+    same bits.  MODEL: the PTEs of a THP's subpages carry the folio's pfn, so
+    they are equal values."""
+    entries = table.entries
+    nr = 1
+    while nr < max_nr and entries.get(idx + nr) == val:
+        nr += 1
+    return nr
 
 
 class ZapDetails:
@@ -303,15 +331,30 @@ def zap_pte_range(tlb: MmuGather, pmdp: Ptr, addr: int, end: int, details: ZapDe
                 if addr >= end:
                     break
                 continue
-            m.sw_write(cpu, pte.table, pte.gen, idx, 0, "ptep_get_and_clear_full (zap)")
-            tlb_flush_pte_range(tlb, addr, PAGE_SIZE)  # tlb_remove_tlb_entry()
             page = m.frames.get(entry_pfn(val))
-            if page is not None and page.state == DATA:
-                page.mapcount -= 1  # folio_remove_rmap_ptes()
-                mm.rss -= 1
-                if (yield from S.__tlb_remove_page_size(tlb, page, PAGE_SIZE)):
+            if page is not None and page.order and page.state == DATA:
+                # zap_present_ptes(): a large folio's PTEs go as one batch
+                nr = folio_pte_batch(pte.table, idx, _end_idx(addr, end) - idx, val)
+                m.sw_write(cpu, pte.table, pte.gen, idx, 0, "get_and_clear_full_ptes (zap)", nr=nr)
+                tlb_flush_pte_range(tlb, addr, PAGE_SIZE * nr)  # tlb_remove_tlb_entries()
+                page.mapcount -= nr  # folio_remove_rmap_ptes()
+                mm.rss -= nr
+                if nr == 1:
+                    full = yield from S.__tlb_remove_page_size(tlb, page, PAGE_SIZE)
+                else:
+                    full = yield from S.__tlb_remove_folio_pages(tlb, page, nr)
+                if full:
                     force_flush = force_break = True
-            addr += PAGE_SIZE
+                addr += PAGE_SIZE * nr
+            else:
+                m.sw_write(cpu, pte.table, pte.gen, idx, 0, "ptep_get_and_clear_full (zap)")
+                tlb_flush_pte_range(tlb, addr, PAGE_SIZE)  # tlb_remove_tlb_entry()
+                if page is not None and page.state == DATA:
+                    page.mapcount -= 1  # folio_remove_rmap_ptes()
+                    mm.rss -= 1
+                    if (yield from S.__tlb_remove_page_size(tlb, page, PAGE_SIZE)):
+                        force_flush = force_break = True
+                addr += PAGE_SIZE
             yield f"{who}:cleared"
             if force_break:
                 if not buggy_fast_path:
@@ -342,7 +385,9 @@ def zap_pte_range(tlb: MmuGather, pmdp: Ptr, addr: int, end: int, details: ZapDe
 
 def unmap_page_range(tlb: MmuGather, addr: int, end: int, details: ZapDetails) -> Step:
     """mm/memory.c: unmap_page_range() -> zap_p4d/pud/pmd_range(): one
-    zap_pte_range() per PMD-sized chunk that has a PTE table."""
+    zap_pte_range() per PMD-sized chunk that has a PTE table.  A huge PMD
+    (THP) the chunk covers whole is zap_huge_pmd(); one it covers in part is
+    split first (``__split_huge_pmd()``), then zapped as PTEs."""
     m = tlb.m
     cpu = tlb.cpu
     mm = tlb.mm
@@ -351,6 +396,14 @@ def unmap_page_range(tlb: MmuGather, addr: int, end: int, details: ZapDetails) -
         pmdp = _locate_pmd(cpu, mm, addr, "zap_pmd_range")
         if pmdp is not None:
             val = m.sw_read(cpu, pmdp.frame, pmdp.gen, pmdp.idx, "zap_pmd_range")
+            if pmd_trans_huge(val):
+                from .huge_memory import __split_huge_pmd, zap_huge_pmd
+                if nxt - addr != PMD_SIZE:
+                    yield from __split_huge_pmd(cpu, mm, pmdp, addr)
+                elif (yield from zap_huge_pmd(tlb, pmdp, addr)):
+                    addr = nxt
+                    continue
+                val = m.sw_read(cpu, pmdp.frame, pmdp.gen, pmdp.idx, "zap_pmd_range")
             if entry_present(val):
                 done = yield from zap_pte_range(tlb, pmdp, addr, nxt, details)
                 if done != nxt:

@@ -297,16 +297,40 @@ def __tlb_remove_page_size(tlb: MmuGather, page: Frame, page_size: int = PAGE_SI
     return False
 
 
+def __tlb_remove_folio_pages(tlb: MmuGather, page: Frame, nr_pages: int) -> bool:
+    """mm/mmu_gather.c: __tlb_remove_folio_pages() (v6.9+, d7f861b9c4f6):
+    queue ``nr_pages`` consecutive pages of one large folio as two slots, the
+    page and its count (``ENCODED_PAGE_BIT_NR_PAGES_NEXT``); the free puts
+    that many references (folios_put_refs()).  True: batch full."""
+    mx, pages = tlb.batches[tlb.active]
+    pages.append(page)
+    pages.append(nr_pages)
+    tlb.m.h.emit(tlb.cpu.id, "tlb_batch_page", pfn=page.pfn, gen=page.gen, table=False, nr=nr_pages)
+    if len(pages) >= mx - 1:
+        if not tlb_next_batch(tlb):
+            return True
+    return False
+
+
 def tlb_batch_pages_flush(tlb: MmuGather) -> None:
     """mm/mmu_gather.c: tlb_batch_pages_flush(): free_pages_and_swap_cache()
-    on everything batched: a put_page() each, which frees data pages whose last
+    on everything batched: a put_page() each (``nr`` references for a
+    folio's pages queued together), which frees data pages whose last
     reference this was (GUP pins keep theirs alive) and page-table pages
     queued with tlb_remove_page()."""
     m = tlb.m
     cpu = tlb.cpu.id
     for _, pages in tlb.batches:
-        for page in pages:
-            m.frames.put_page(cpu, page, "tlb_batch_pages_flush")
+        n = len(pages)
+        i = 0
+        while i < n:
+            page = pages[i]
+            if i + 1 < n and type(pages[i + 1]) is int:
+                i += 1
+                m.frames.put_pages(cpu, page, pages[i], "tlb_batch_pages_flush")
+            else:
+                m.frames.put_page(cpu, page, "tlb_batch_pages_flush")
+            i += 1
         pages.clear()
     tlb.active = 0
 
@@ -405,7 +429,9 @@ def tlb_remove_table_sync_one(cpu: Cpu) -> Step:
     NULL, 1)``, an IPI to every other online CPU, waiting for each.  Not an
     RCU grace period: it only waits out walkers that rely on IRQs being off
     (GUP-fast).  The strategy's hook (a configuration without RCU table
-    freeing has an empty one)."""
+    freeing has an empty one); its callers: hugetlb's
+    tlb_flush_unshared_tables() and, with THP, collapse_huge_page() after
+    pmdp_collapse_flush() (2ba99c5e0881)."""
     yield from smp_call_function(cpu, tlb_remove_table_smp_sync, None, True, "tlb_remove_table_sync_one")
 
 
@@ -418,6 +444,17 @@ def pagetable_free(cpu: Cpu, table: Frame, via: str) -> None:
     if table.state != TABLE:
         cpu.m.h.emit(cpu.id, "bug", what=f"pagetable_free() of a non-table frame {table.pfn:#x}")
     cpu.m.frames.free(cpu.id, table, via)
+
+
+def pte_free(cpu: Cpu, mm: Mm, table: Frame) -> None:
+    """include/asm-generic/pgalloc.h: pte_free(): pagetable_dtor_free() at
+    once, no TLB flush, no RCU, in every configuration: what
+    zap_deposited_table() does with the table it withdraws.  Its callers
+    guarantee nobody can reach the table: a deposited table was never linked,
+    or was unlinked by a collapse that flushed (freed_tables) and synchronised
+    with IRQ-off walkers (tlb_remove_table_sync_one()).  The strategy's
+    ``pte_free`` hook; plain (it runs under the PMD lock)."""
+    pagetable_free(cpu, table, "pte_free")
 
 
 def is_data(f: Frame) -> bool:

@@ -21,8 +21,8 @@ from __future__ import annotations
 from .cpu import Cpu, Mm, Step, spin_lock, spin_unlock
 from .gup import get_user_page
 from .page_alloc import FREE, SpinLock
-from .pgtable import PAGE_SHIFT
-from .tlb import flush_all, hw_walk
+from .pgtable import PAGE_SHIFT, PMD_SHIFT
+from .tlb import flush_all, hw_walk, tlb_key_va, tlb_lookup
 
 IOMMU = -3  #: agent id of the IOMMU
 
@@ -57,11 +57,16 @@ class Iommu:
         h.emit(IOMMU, "tlb_inv_span", start=start, end=end, why="arch_invalidate_secondary_tlbs")
 
 
+def _overlaps(va: int, key: int, start: int, end: int) -> bool:
+    size = 1 << (PAGE_SHIFT if key >= 0 else PMD_SHIFT)
+    return va < end and start < va + size
+
+
 def invalidate_span(tlb: dict, psc: dict, start: int, end: int) -> None:
     """Drop every leaf in [start, end) and every PSC entry whose range
     overlaps it (a ranged IOTLB/PASID invalidation without the leaf-only hint)."""
-    for vpn in [v for v in tlb if start <= v << PAGE_SHIFT < end]:
-        del tlb[vpn]
+    for key in [k for k in tlb if _overlaps(tlb_key_va(k), k, start, end)]:
+        del tlb[key]
     for key in list(psc):
         level, prefix = key
         shift = {1: 21, 2: 30, 3: 39}[level]
@@ -189,8 +194,7 @@ def iommu_access(cpu: Cpu, op) -> Step:
     if mm is None or mm.iommu is None or not mm.iommu.attached:
         return "skipped: no device"
     io = mm.iommu
-    vpn = op.addr >> PAGE_SHIFT
-    hit = io.tlb.get(vpn)
+    hit = tlb_lookup(io.tlb, op.addr)
     if hit is None:
         hit = hw_walk(cpu, IOMMU, io.tlb, io.psc, mm.pgd.pfn, mm.pgd_gen, op.addr, "iommu")
         if hit is None:

@@ -12,7 +12,11 @@ VM_PFNMAP (``IOMEM``: allocated and released by the driver, no refcount a
 mapping holds), or ``OTHER``.  Table contents are a
 sparse dict index -> entry value; the content of a freed table stays in the
 frame until it is reallocated (no ``init_on_free``), which is what a stale
-walker reads.  Xen PV state (``PG_pinned``, the hypervisor's pin/type count and
+walker reads.  A transparent huge page is one frame of ``order`` 9 (MODEL:
+the folio stands for its 512 pages; a PTE mapping subpage ``i`` carries the
+folio's pfn, and the address tells the subpages apart).  A PMD table's
+``pmd_huge_pte`` holds the PTE tables deposited for its huge PMDs
+(``pgtable_trans_huge_deposit()``).  Xen PV state (``PG_pinned``, the hypervisor's pin/type count and
 the read-only direct-map alias) lives here too; only the xen-pv platform
 changes it.
 """
@@ -45,7 +49,7 @@ class Frame:
     __slots__ = (
         "pfn", "gen", "state", "level", "mm", "entries", "refcount", "mapcount",
         "ptl", "data", "pinned", "xen_pinned", "ro", "owner_va", "share_count",
-        "mapping", "index", "lock_owner",
+        "mapping", "index", "lock_owner", "order", "pmd_huge_pte",
     )
 
     def __init__(self, pfn: int) -> None:
@@ -67,6 +71,10 @@ class Frame:
         self.mapping = None      # folio->mapping: the file whose page cache holds this page
         self.index = 0           # folio->index: its page offset in that file
         self.lock_owner: int | None = None  # PG_locked (folio_lock()): the CPU holding it
+        self.order = 0           # folio order (9: a PMD-sized THP)
+        #: PMD tables: the deposited PTE tables, in the order of the kernel's
+        #: circular list starting at pmd_huge_pte (pgtable_trans_huge_deposit())
+        self.pmd_huge_pte: list[Frame] = []
 
     def describe(self) -> str:
         if self.state == TABLE:
@@ -95,9 +103,10 @@ class Frames:
             return frames[pfn]
         return None
 
-    def alloc(self, cpu: int, state: int, level: int = 0, mm: int = -1, va: int = 0) -> Frame:
+    def alloc(self, cpu: int, state: int, level: int = 0, mm: int = -1, va: int = 0,
+              order: int = 0) -> Frame:
         """alloc_pages(): a zeroed frame (__GFP_ZERO for tables, user pages are
-        cleared too); refcount 1."""
+        cleared too); refcount 1.  ``order`` 9 is a PMD-sized folio."""
         if self.free_list:
             f = self.frames[self.free_list.pop()]
         else:
@@ -117,8 +126,13 @@ class Frames:
         f.index = 0
         f.lock_owner = None
         f.ptl = SpinLock("ptl", f, f.gen) if state == TABLE else None
-        self.h.emit_attrs(cpu, "alloc",
-                          {"pfn": f.pfn, "gen": f.gen, "state": state, "level": level, "mm": mm, "va": va})
+        f.order = order
+        if f.pmd_huge_pte:
+            f.pmd_huge_pte = []
+        a = {"pfn": f.pfn, "gen": f.gen, "state": state, "level": level, "mm": mm, "va": va}
+        if order:
+            a["order"] = order
+        self.h.emit_attrs(cpu, "alloc", a)
         return f
 
     def free(self, cpu: int, f: Frame, via: str) -> None:
@@ -141,10 +155,16 @@ class Frames:
 
     def _release(self, cpu: int, f: Frame, via: str) -> None:
         """The last reference is gone: the frame goes back to the allocator."""
-        self.h.emit_attrs(cpu, "free", {
-            "pfn": f.pfn, "gen": f.gen, "state": f.state, "level": f.level, "via": via,
-            "pinned": f.pinned, "xen_pinned": f.xen_pinned, "ro": f.ro,
-            "live": sum(1 for v in f.entries.values() if v) if f.state == TABLE else 0})
+        a = {"pfn": f.pfn, "gen": f.gen, "state": f.state, "level": f.level, "via": via,
+             "pinned": f.pinned, "xen_pinned": f.xen_pinned, "ro": f.ro,
+             "live": sum(1 for v in f.entries.values() if v) if f.state == TABLE else 0}
+        if f.order:
+            a["order"] = f.order
+        if f.pmd_huge_pte:
+            # a PMD table freed with PTE tables still deposited: they leak
+            a["deposited"] = len(f.pmd_huge_pte)
+            f.pmd_huge_pte = []
+        self.h.emit_attrs(cpu, "free", a)
         f.state = FREE
         f.refcount = 0
         f.mapcount = 0
@@ -157,6 +177,15 @@ class Frames:
             self.h.emit(cpu, "put_free_page", pfn=f.pfn, gen=f.gen, via=via)
             return
         f.refcount -= 1
+        if f.refcount <= 0:
+            self._release(cpu, f, via)
+
+    def put_pages(self, cpu: int, f: Frame, nr: int, via: str) -> None:
+        """folio_put_refs(): drop ``nr`` references at once, free at zero."""
+        if f.state == FREE:
+            self.h.emit(cpu, "put_free_page", pfn=f.pfn, gen=f.gen, via=via)
+            return
+        f.refcount -= nr
         if f.refcount <= 0:
             self._release(cpu, f, via)
 

@@ -10,15 +10,37 @@ if the table was detached meanwhile.
 The ``pte_walk`` operation models an RCU-only reader of user PTE tables
 (``pte_offset_map_ro_nolock()`` users such as rmap and page-table walkers): IRQs
 stay enabled, so it takes IPIs while it walks.
+
+``___pte_offset_map()`` returns NULL, as in v6.5+ (0d940a9b270b), for a PMD
+that is none, a migration entry, a huge leaf or one being split (x86
+``pmd_trans_huge()`` holds for the ``pmdp_invalidate()`` value), or bad; a
+walker that meets a huge or splitting PMD records ``walker_pmd_leaf``.
+
+THP helpers (mm/pgtable-generic.c, v6.15): ``pgtable_trans_huge_deposit()``
+and ``_withdraw()`` keep the PTE tables deposited for huge PMDs in the PMD
+table's ``pmd_huge_pte`` list, FIFO as the kernel's circular list is;
+``pmdp_collapse_flush()`` clears a table-pointing PMD and flushes the 2 MiB
+range with the platform's ``flush_tlb_range()``; ``pmdp_invalidate()``
+leaves the transient not-present huge value and flushes.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from .cpu import Cpu, Step, down_read, rcu_read_lock, rcu_read_unlock, spin_lock, spin_unlock, up_read
+from .cpu import Cpu, Mm, Step, down_read, rcu_read_lock, rcu_read_unlock, spin_lock, spin_unlock, up_read
 from .page_alloc import Frame, SpinLock
-from .pgtable import entry_pfn, index, is_table_entry
+from .pgtable import (
+    HPAGE_PMD_SIZE,
+    entry_class,
+    entry_pfn,
+    index,
+    is_table_entry,
+    pmd_bad,
+    pmd_mkinvalid,
+    pmd_none,
+    pmd_trans_huge,
+)
 
 
 class Ptr(NamedTuple):
@@ -49,10 +71,19 @@ def child_of(cpu: Cpu, val: int) -> tuple[Frame, int] | None:
 
 
 def __pte_offset_map(cpu: Cpu, pmdp: Ptr, addr: int, who: str) -> PteMap | None:
-    """mm/pgtable-generic.c: ___pte_offset_map()."""
+    """mm/pgtable-generic.c: ___pte_offset_map(): rcu_read_lock(), snapshot
+    the PMD, refuse (NULL) none / migration / huge (splitting included) /
+    bad values, map the table."""
     rcu_read_lock(cpu)
     pmdval = cpu.m.sw_read(cpu, pmdp.frame, pmdp.gen, pmdp.idx, who)
-    if not is_table_entry(pmdval):
+    if pmd_none(pmdval):  # MODEL: no migration entries
+        rcu_read_unlock(cpu)
+        return None
+    if pmd_trans_huge(pmdval):
+        walker_pmd_leaf(cpu, who, pmdval, addr)
+        rcu_read_unlock(cpu)
+        return None
+    if pmd_bad(pmdval):  # MODEL: pmd_clear_bad() never needed (no bad values)
         rcu_read_unlock(cpu)
         return None
     child = child_of(cpu, pmdval)
@@ -60,6 +91,13 @@ def __pte_offset_map(cpu: Cpu, pmdp: Ptr, addr: int, who: str) -> PteMap | None:
         rcu_read_unlock(cpu)
         return None
     return PteMap(child[0], child[1], pmdval)
+
+
+def walker_pmd_leaf(cpu: Cpu, who: str, pmdval: int, addr: int) -> None:
+    """A walker met a PMD that is a leaf, not a table pointer (a huge leaf,
+    or a huge PMD being split): the races the THP paths are about
+    (oracle/behaviours.py)."""
+    cpu.m.h.emit(cpu.id, "walker_pmd_leaf", who=who, addr=addr, pmd=pmdval, what=entry_class(2, pmdval))
 
 
 def pte_unmap(cpu: Cpu) -> None:
@@ -159,3 +197,58 @@ def pte_walk(cpu: Cpu, op) -> Step:
         return f"pte={val:#x}"
     finally:
         up_read(cpu, mm.mmap_lock)
+
+
+# -- THP: deposited tables, collapse and split flushes (mm/pgtable-generic.c) ------
+
+def pgtable_trans_huge_deposit(cpu: Cpu, mm: Mm, pmdp: Ptr, pgtable: Frame) -> None:
+    """mm/pgtable-generic.c: pgtable_trans_huge_deposit() (the PMD lock held):
+    keep ``pgtable`` for the huge PMD, on the list headed by the PMD table's
+    ``pmd_huge_pte`` (x86-64 has split PMD locks: the list lives in the PMD
+    table's ptdesc).  FIFO: the new table becomes the head, linked after the
+    old head (``list_add()``)."""
+    f = pmdp.frame
+    lst = f.pmd_huge_pte
+    # [head, rest...] -> list_add(pgtable, head) -> head = pgtable:
+    # [pgtable, rest..., old head] (the circular list, from the new head)
+    f.pmd_huge_pte = [pgtable, *lst[1:], lst[0]] if lst else [pgtable]
+    cpu.m.h.emit(cpu.id, "pgtable_deposit", pmd=pmdp.frame.pfn, pfn=pgtable.pfn, gen=pgtable.gen,
+                 mm=mm.id)
+
+
+def pgtable_trans_huge_withdraw(cpu: Cpu, mm: Mm, pmdp: Ptr) -> Frame:
+    """mm/pgtable-generic.c: pgtable_trans_huge_withdraw() (the PMD lock
+    held): take the head; the next entry becomes the head."""
+    lst = pmdp.frame.pmd_huge_pte
+    if not lst:
+        cpu.m.h.emit(cpu.id, "bug", what=f"pgtable_trans_huge_withdraw(): nothing deposited on PMD table "
+                     f"{pmdp.frame.pfn:#x}")
+        raise RuntimeError("withdraw from an empty deposit list")
+    pgtable = lst.pop(0)
+    cpu.m.h.emit(cpu.id, "pgtable_withdraw", pmd=pmdp.frame.pfn, pfn=pgtable.pfn, gen=pgtable.gen,
+                 mm=mm.id)
+    return pgtable
+
+
+def pmdp_collapse_flush(cpu: Cpu, mm: Mm, address: int, pmdp: Ptr) -> Step:
+    """mm/pgtable-generic.c: pmdp_collapse_flush(): ``pmdp_huge_get_and_clear()``
+    of a PMD that points to a PTE table, then ``flush_tlb_range()`` of the 2 MiB
+    range ("collapse entails shooting down ptes not pmd").  Returns the old
+    PMD value."""
+    m = cpu.m
+    pmd = m.sw_read(cpu, pmdp.frame, pmdp.gen, pmdp.idx, "pmdp_collapse_flush")
+    m.set_pxd(cpu, pmdp, 0, "pmdp_collapse_flush")
+    yield from m.P.flush_tlb_range(cpu, mm, address, address + HPAGE_PMD_SIZE)
+    return pmd
+
+
+def pmdp_invalidate(cpu: Cpu, mm: Mm, address: int, pmdp: Ptr) -> Step:
+    """mm/pgtable-generic.c: pmdp_invalidate(): ``pmdp_establish()`` of
+    ``pmd_mkinvalid(*pmdp)`` (not present, still huge), then
+    ``flush_pmd_tlb_range()`` (x86: ``flush_tlb_range()``).  Returns the old
+    value."""
+    m = cpu.m
+    old = m.sw_read(cpu, pmdp.frame, pmdp.gen, pmdp.idx, "pmdp_invalidate")
+    m.set_pxd(cpu, pmdp, pmd_mkinvalid(old), "pmdp_invalidate")
+    yield from m.P.flush_tlb_range(cpu, mm, address, address + HPAGE_PMD_SIZE)
+    return old

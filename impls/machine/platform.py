@@ -18,6 +18,9 @@ optional
   ASID x86's switch loads (default: the per-CPU dynamic ASIDs).
   ``load_cr3(cpu, mm, asid, need_flush)``: the CR3 write of a switch (default:
   immediate; flushes the ASID if ``need_flush``).
+  ``flush_tlb_range(cpu, mm, start, end)``: the arch flush_tlb_range() that
+  pmdp_collapse_flush(), pmdp_invalidate() and mremap call (default: x86 v6.15,
+  ``flush_tlb_mm_range(..., PAGE_SHIFT, freed_tables=true)``).
   ``set_pxd(cpu, ptr, val, why)``: write an upper-level entry
   (``set_pmd``/``set_pud``/``set_p4d``; default: a plain store).
   ``alloc_pte/alloc_pmd/alloc_pud(cpu, mm, frame)``,
@@ -52,7 +55,7 @@ from typing import Any
 
 from .mmu_gather import x86_tlb_flush
 from .plugin import Hook, Ops, PluginError, build_ops, load_module_file
-from .tlbflush import choose_new_asid, native_load_cr3, switch_mm_irqs_off
+from .tlbflush import choose_new_asid, native_load_cr3, switch_mm_irqs_off, x86_flush_tlb_range
 
 
 def generic_tlb_needs_table_invalidate() -> bool:
@@ -67,6 +70,7 @@ HOOKS = [
     Hook("switch_mm_irqs_off", False, True, switch_mm_irqs_off, "load another mm on this CPU"),
     Hook("choose_new_asid", False, False, choose_new_asid, "the ASID a switch loads, and whether to flush it"),
     Hook("load_cr3", False, False, native_load_cr3, "the CR3 write of a switch"),
+    Hook("flush_tlb_range", False, True, x86_flush_tlb_range, "flush_tlb_range() (THP collapse and split, mremap)"),
     Hook("set_pxd", False, False, None, "write an upper-level entry"),
     Hook("alloc_pte", False, False, None, "paravirt_alloc_pte()"),
     Hook("alloc_pmd", False, False, None, "paravirt_alloc_pmd()"),

@@ -37,6 +37,11 @@ OP_KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "truncate": (("file", "offset", "len"), "punch a hole in shmem file F (shmem_fallocate(PUNCH_HOLE)): "
                  "unmap_mapping_range() in every mm that maps the range, from this CPU, then the "
                  "page-cache pages are dropped"),
+    "collapse": (("addr",), "madvise(MADV_COLLAPSE) of the 2 MiB range at addr: collapse_huge_page() (thp)"),
+    "khugepaged": (("mm", "addr"), "one khugepaged scan step of mm N's 2 MiB range at addr, on this CPU "
+                   "(a kernel thread): hpage_collapse_scan_pmd() -> collapse_huge_page() (thp)"),
+    "split": (("addr",), "split_huge_pmd() of the huge PMD mapping addr, as slow GUP with FOLL_SPLIT_PMD "
+              "does under the mmap read lock (thp)"),
 }
 
 #: arguments an operation may take besides its required ones (name -> args)
@@ -103,6 +108,10 @@ class Env:
     ``options``: the platform's options, ``((name, value), ...)`` sorted by
     name (``OPTIONS`` of the platform module: native's ``pcid``, ``invlpg``;
     Xen's ``type_change_flush``...); unset ones take the platform's default.
+    ``thp``: anonymous transparent huge pages (CONFIG_TRANSPARENT_HUGEPAGE,
+    enabled=always): a fault on a none PMD whose 2 MiB range the VMA covers
+    may map a huge PMD (the ``alloc_fails:thp_folio`` choice decides), and
+    the ``collapse``, ``khugepaged`` and ``split`` operations run.
     """
 
     pt_reclaim: str = "off"
@@ -110,6 +119,7 @@ class Env:
     iommu: bool = False
     skip_mmu_notifiers: bool = False
     options: tuple[tuple[str, str], ...] = ()
+    thp: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ optional (the machine's generic version is used when absent)
   ``__tlb_remove_page_size(tlb, page, page_size) -> bool``: queue a data page;
   True means "batch full, flush now".
   ``tlb_flush_mmu_tlbonly(tlb)``, ``tlb_finish_mmu(tlb)``.
+  ``__tlb_remove_folio_pages(tlb, page, nr) -> bool``: queue ``nr`` pages of
+  one large folio (a zapped PTE batch of a split THP).
   ``gup_fast(cpu, mm, addr, write) -> page | None``: the lockless walker, for a
   scheme that changes how GUP-fast protects itself.
   ``tlb_free_vmas(tlb)``: the first thing ``free_pgtables()`` does: flush if
@@ -26,9 +28,12 @@ optional (the machine's generic version is used when absent)
   ``tlb_remove_table_sync_one(cpu)``: wait for every concurrent IRQ-off walker
   (GUP-fast) with an IPI to all other CPUs; generic code calls it where a
   table is about to be modified or reused without a grace period (hugetlb's
-  ``tlb_flush_unshared_tables()``; the kernel's default is the IPI, and a
+  ``tlb_flush_unshared_tables()``, THP's ``collapse_huge_page()`` after
+  ``pmdp_collapse_flush()``; the kernel's default is the IPI, and a
   configuration without RCU table freeing has an empty one).
-
+  ``pte_free(cpu, mm, table)``: free a PTE table at once, no flush, no RCU
+  (include/asm-generic/pgalloc.h): zap_deposited_table() frees the table a
+  huge PMD had deposited through it.  Plain (called under the PMD lock).
 Module attributes: ``NAME`` (required), ``SAFE_ON`` (environment names the
 strategy claims to be safe on; ``make fuzz`` holds it to that), ``KERNEL`` (the
 kernel version/config it follows).  Hooks that block (flushes, IPIs,
@@ -55,11 +60,15 @@ HOOKS = [
     Hook("tlb_flush_mmu_tlbonly", False, True, mmu_gather.tlb_flush_mmu_tlbonly,
          "flush the TLB for what was gathered"),
     Hook("tlb_finish_mmu", False, True, mmu_gather.tlb_finish_mmu, "the final flush and free"),
+    Hook("__tlb_remove_folio_pages", False, True, mmu_gather.__tlb_remove_folio_pages,
+         "queue several pages of one large folio"),
     Hook("gup_fast", False, True, gup.gup_fast, "the GUP-fast lockless walker"),
     Hook("tlb_remove_table_sync_one", False, True, mmu_gather.tlb_remove_table_sync_one,
          "wait for concurrent GUP-fast walkers (an IPI to every other CPU)"),
     Hook("tlb_free_vmas", False, True, mmu_gather.tlb_free_vmas,
          "the flush a zapped VM_PFNMAP VMA needs before free_pgtables() unlinks VMAs"),
+    Hook("pte_free", False, False, mmu_gather.pte_free,
+         "free a PTE table at once (zap_deposited_table())"),
 ]
 HOOK_NAMES = tuple(h.name for h in HOOKS)
 #: kernel functions a strategy defines under their own names that are close to

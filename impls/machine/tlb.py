@@ -1,7 +1,9 @@
 """The hardware walker: TLB, paging-structure caches (PSC), page walks.
 
 Each CPU (and the IOMMU) has a TLB of leaf translations ``vpn -> (pfn, gen,
-writable)`` and a paging-structure cache of upper-level entries ``(level,
+writable)`` (a 2 MiB translation from a huge PMD is kept under the key
+``huge_key(va)``, a negative number, so the two sizes never collide) and a
+paging-structure cache of upper-level entries ``(level,
 prefix) -> (table pfn, gen)``: the cached PML4E (prefix = va >> 39) points to a
 PUD table, the cached PDPTE (va >> 30) to a PMD table, the cached PDE
 (va >> 21) to a PTE table.  Entries carry the generation of the frame they
@@ -11,7 +13,9 @@ visible.
 A hardware walk (a user access that misses, or a speculative walk, which may
 happen whenever CR3 holds a user mm, lazy-TLB mode included) starts from the
 deepest PSC hit, else from CR3, reads table memory, and fills the PSC and,
-for a present leaf, the TLB.
+for a present leaf, the TLB.  A walk stops at a huge PMD: the leaf it maps
+goes into the TLB as a 2 MiB entry, and no PDE is cached (x86 caches only
+non-leaf entries in the paging-structure caches).
 
 Entries are tagged with the ASID (PCID, arm64 ASID, powerpc PID) current
 when they were filled: ``cpu.asid_caches`` maps every ASID to its TLB and PSC,
@@ -22,7 +26,8 @@ until a write of that ASID with a flush, or an invalidation by ASID
 (INVLPGB, arm64 TLBI ... ASID), removes them.  :func:`hw_load_context` is the
 CR3 / TTBR0 write.
 
-INVLPG (one address, current ASID) drops the leaf entry and, for the
+INVLPG (one address, current ASID) drops the leaf entries covering it (4 KiB
+and 2 MiB) and, for the
 paging-structure caches, what the CPU vendor says: with AMD's Translation
 Cache Extension (APM, EFER.TCE; Linux sets it where present since
 440a65b7d25f, v6.15) only the entries on that address's translation path; on
@@ -44,12 +49,14 @@ from .page_alloc import DATA, FREE, TABLE, Frame
 from .pgtable import (
     LEVEL_SHIFT,
     PAGE_SHIFT,
+    PMD_SHIFT,
     entry_pfn,
     entry_present,
     entry_writable,
     garbage_entry,
     index,
     is_table_entry,
+    pmd_leaf,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +65,25 @@ if TYPE_CHECKING:
 #: PSC levels: the level of the table a cached entry points to, and the shift
 #: of the VA prefix it is tagged with (the level above's index shift)
 PSC_LEVELS = ((1, 21), (2, 30), (3, 39))
+
+
+def huge_key(va: int) -> int:
+    """The TLB key of the 2 MiB translation covering ``va``."""
+    return -1 - (va >> PMD_SHIFT)
+
+
+def tlb_key_va(key: int) -> int:
+    """The first VA a TLB key translates (4 KiB or 2 MiB entry)."""
+    return key << PAGE_SHIFT if key >= 0 else (-1 - key) << PMD_SHIFT
+
+
+def tlb_lookup(tlb: dict, va: int) -> tuple[int, int, bool] | None:
+    """The TLB entry the hardware uses for ``va``: a 4 KiB one, else a 2 MiB
+    one (both may be present after a size change; either may be used)."""
+    hit = tlb.get(va >> PAGE_SHIFT)
+    if hit is None and tlb:
+        hit = tlb.get(-1 - (va >> PMD_SHIFT))
+    return hit
 
 
 def read_table_memory(f: Frame, idx: int) -> int:
@@ -113,6 +139,13 @@ def hw_walk(cpu: Cpu, agent: int, tlb: dict, psc: dict, root_pfn: int, root_gen:
             tlb[va >> PAGE_SHIFT] = (child, cf.gen, rw)
             h.emit_attrs(agent, "tlb_fill", {"va": va & ~0xFFF, "pfn": child, "gen": cf.gen, "rw": rw, "via": via})
             return (child, cf.gen, rw)
+        if level == 2 and pmd_leaf(val):
+            # a huge PMD: a 2 MiB leaf, the walk ends here
+            rw = entry_writable(val)
+            tlb[huge_key(va)] = (child, cf.gen, rw)
+            h.emit_attrs(agent, "tlb_fill", {"va": va >> PMD_SHIFT << PMD_SHIFT, "pfn": child, "gen": cf.gen,
+                                             "rw": rw, "via": via, "huge": True})
+            return (child, cf.gen, rw)
         if not is_table_entry(val):
             return None
         level -= 1
@@ -127,8 +160,10 @@ def invlpg(agent: int, h, tlb: dict, psc: dict, va: int, why: str, emit: bool = 
            all_psc: bool = False, asid: int | None = None) -> None:
     """INVLPG: the leaf for ``va`` and, with TCE, the PSC entries on its path;
     with ``all_psc`` (Intel), every PSC entry of the ASID.  ``asid`` names the
-    ASID when it is not the agent's current one (an invalidation by ASID)."""
+    ASID when it is not the agent's current one (an invalidation by ASID).
+    Any entry covering ``va`` goes, the 2 MiB one of a huge PMD included."""
     tlb.pop(va >> PAGE_SHIFT, None)
+    tlb.pop(-1 - (va >> PMD_SHIFT), None)
     if all_psc:
         psc.clear()
     else:

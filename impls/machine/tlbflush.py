@@ -140,12 +140,22 @@ def flush_tlb_mm_range(cpu: Cpu, mm: Mm, start: int, end: int, stride_shift: int
 
 
 def flush_tlb_range(cpu: Cpu, vma, start: int, end: int) -> Step:
-    """arch/x86/include/asm/tlbflush.h: flush_tlb_range() =
-    ``flush_tlb_mm_range(vma->vm_mm, start, end, PAGE_SHIFT, true)``: always
-    with ``freed_tables`` since 3ef938c35035 (Jann Horn, 2025: its callers
-    clear or move PMDs that point at tables, pmdp_collapse_flush() and
-    mremap's move_normal_pmd())."""
-    yield from flush_tlb_mm_range(cpu, vma.mm, start, end, PAGE_SHIFT, True)
+    """arch/x86/include/asm/tlbflush.h: flush_tlb_range(), through the
+    platform's ``flush_tlb_range`` hook (default :func:`x86_flush_tlb_range`)."""
+    yield from cpu.m.P.flush_tlb_range(cpu, vma.mm, start, end)
+
+
+def x86_flush_tlb_range(cpu: Cpu, mm: Mm, start: int, end: int) -> Step:
+    """arch/x86/include/asm/tlbflush.h: flush_tlb_range() for a non-hugetlb
+    VMA: ``flush_tlb_mm_range(mm, start, end, PAGE_SHIFT, true)``.
+    ``freed_tables`` is true since 3ef938c35035 ("x86/mm: Fix flush_tlb_range()
+    when used for zapping normal PMDs", Jann Horn, Jan 2025, v6.14): its
+    callers clear or move PMDs that point at tables (pmdp_collapse_flush(),
+    mremap's move_normal_pmd()), so the paging-structure caches must go too,
+    lazy-TLB CPUs included.  x86 has no flush_pmd_tlb_range() of its own:
+    include/linux/pgtable.h makes it this.  The default of the platform's
+    ``flush_tlb_range`` hook."""
+    yield from flush_tlb_mm_range(cpu, mm, start, end, PAGE_SHIFT, True)
 
 
 def mmu_notifier_arch_invalidate_secondary_tlbs(cpu: Cpu, mm: Mm, start: int, end: int) -> None:

@@ -35,6 +35,15 @@ Unsharing a hugetlb PMD table: without MMU_GATHER_RCU_TABLE_FREE,
 ``tlb_remove_table_sync_one()`` is empty; "the expectation is that the
 tlb_flush_mmu_tlbonly() would have issued required IPIs already"
 (``tlb_flush_unshared_tables()``), which holds where the flush is an IPI.
+THP (mm/khugepaged.c, mm/huge_memory.c, v6.15): ``collapse_huge_page()``
+keeps the PTE table it unhooks (deposited); ``zap_huge_pmd()`` later frees a
+deposited table with ``pte_free()``, at once.  Without
+MMU_GATHER_RCU_TABLE_FREE, ``tlb_remove_table_sync_one()`` is an empty
+inline (include/asm-generic/tlb.h): what holds IRQ-off walkers off the old
+table is the collapse's own ``flush_tlb_range()`` in
+``pmdp_collapse_flush()``, a synchronous IPI to every CPU of ``mm_cpumask``
+(and GUP-fast only walks ``current->mm``).  Safe on native; on a platform
+whose flush is not an IPI, nothing waits for the walker.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from impls.machine.kernel import (
 NAME = "direct"
 KERNEL = "x86-64 v4.19-v6.14, !PARAVIRT, !PT_RECLAIM: paravirt_tlb_remove_table() = tlb_remove_page()"
 SAFE_ON = ("native", "native+batch-fail", "native+lazy",
-           "native+secondary-mmu", "native+switch", "native+file")
+           "native+secondary-mmu", "native+switch", "native+file", "native+thp", "native+thp+lazy")
 
 
 def paravirt_tlb_remove_table(tlb: MmuGather, table):

@@ -27,7 +27,7 @@ for a37259732a7d, "x86/mm: Make MMU_GATHER_RCU_TABLE_FREE unconditional").
 from __future__ import annotations
 
 from impls.machine.cpu import TLB_NR_DYN_ASIDS, Cpu, Mm, Step
-from impls.machine.tlb import flush_all, invlpg
+from impls.machine.tlb import flush_all, huge_key, invlpg
 from impls.machine.tlbflush import TLB_FLUSH_ALL, FlushTlbInfo
 from impls.machine.tlbflush import choose_new_asid as dynamic_asid
 
@@ -85,6 +85,7 @@ def _land(target: Cpu, info: FlushTlbInfo) -> None:
             invlpg(target.id, h, tlb, psc, addr, why, emit=False)
         else:  # INVLPGB_FINAL_ONLY: leaf entries only, the PSC survives
             tlb.pop(addr >> 12, None)
+            tlb.pop(huge_key(addr), None)
         addr += step
     h.emit(target.id, "tlb_inv", start=info.start, end=info.end, stride=info.stride_shift,
            psc=info.freed_tables, why=why, asid=asid)

@@ -21,6 +21,16 @@ re-check the PMD under the PTL (``pte_offset_map_lock()``).
 Batch allocation failure: the table is freed on its own after a grace period
 (``pt_rcu_head`` shares storage with ``pt_list``/``pmd_huge_pte``, unused for
 PTE tables at that point).
+
+THP (mm/khugepaged.c, mm/huge_memory.c, v6.15): ``collapse_huge_page()``
+keeps the PTE table it unhooks (deposited) and ``zap_huge_pmd()`` frees a
+deposited table with ``pte_free()``, at once: not through ``call_rcu()``.
+PT_RECLAIM left that path alone; the walkers are held off at the collapse,
+by ``tlb_remove_table_sync_one()`` after ``pmdp_collapse_flush()``, which is
+still the MMU_GATHER_RCU_TABLE_FREE IPI under PT_RECLAIM (the 2026
+``synchronize_rcu()`` fallback, 1fb3d8c20bfa, replaced only the batch
+fallback's use of it).  An RCU-only walker cannot hold the old table: the
+collapse runs under the mmap write lock and the anon_vma lock.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from impls.machine.kernel import (
     paravirt_release_pmd,
     paravirt_release_pte,
     paravirt_release_pud,
+    smp_call_function,
     tlb_batch_pages_flush,
     tlb_flush_mmu_tlbonly,
     tlb_flush_p4d_range,
@@ -50,7 +61,8 @@ SAFE_ON = ("native", "native+pt-reclaim", "xen-pv", "broadcast", "native+batch-f
            "xen-pv+batch-fail", "broadcast+batch-fail", "native+pt-reclaim+batch-fail",
            "native+lazy",
            "native+secondary-mmu", "native+switch", "native+file", "xen-pv+file",
-           "broadcast+file", "arm64", "arm64+batch-fail")
+           "broadcast+file", "arm64", "arm64+batch-fail",
+           "native+thp", "native+thp+lazy", "xen-pv+thp", "broadcast+thp")
 
 
 class MmuTableBatch:
@@ -60,6 +72,18 @@ class MmuTableBatch:
 
     def __init__(self) -> None:
         self.tables: list = []
+
+
+def tlb_remove_table_smp_sync(cpu, info) -> None:
+    """Simply deliver the interrupt."""
+
+
+def tlb_remove_table_sync_one(cpu):
+    """mm/mmu_gather.c (MMU_GATHER_RCU_TABLE_FREE): an IPI to every other
+    CPU, waiting for each; enough for IRQ-off walkers, not an RCU grace
+    period.  Under PT_RECLAIM only collapse_huge_page() calls it."""
+    yield from smp_call_function(cpu, tlb_remove_table_smp_sync, None, True,
+                                 "tlb_remove_table_sync_one")
 
 
 def __tlb_remove_table(cpu, table) -> None:

@@ -28,6 +28,15 @@ keeps walking a freed table: unsafe once PT_RECLAIM frees tables under such
 walkers (Jann Horn's objection, seed S2).
 
 Batch allocation failure (``GFP_NOWAIT``): the single-table fallback above.
+
+THP (mm/khugepaged.c, mm/huge_memory.c, v6.15): ``collapse_huge_page()``
+unhooks a PTE table with ``pmdp_collapse_flush()`` and keeps it, deposited,
+and ``zap_huge_pmd()`` later frees a deposited table with ``pte_free()``: at
+once, no RCU.  What keeps IRQ-off walkers off it is
+``tlb_remove_table_sync_one()`` right after the collapse's flush (2ba99c5e0881):
+here the IPI of MMU_GATHER_RCU_TABLE_FREE, which no IRQ-off walker of the old
+table can acknowledge before it is done with it, whatever the flush was.
+``pte_free()`` is the generic one (the machine's default).
 """
 
 from __future__ import annotations
@@ -57,7 +66,8 @@ KERNEL = "MMU_GATHER_RCU_TABLE_FREE, !PT_RECLAIM (x86 PARAVIRT guests v4.19-v6.1
 SAFE_ON = ("native", "xen-pv", "broadcast", "native+batch-fail", "xen-pv+batch-fail",
            "broadcast+batch-fail", "native+lazy",
            "native+secondary-mmu", "native+switch", "native+file", "xen-pv+file",
-           "broadcast+file", "arm64", "arm64+batch-fail")
+           "broadcast+file", "arm64", "arm64+batch-fail",
+           "native+thp", "native+thp+lazy", "xen-pv+thp", "broadcast+thp")
 
 
 class MmuTableBatch:
@@ -94,7 +104,8 @@ def tlb_remove_table_smp_sync(cpu, info) -> None:
 
 def tlb_remove_table_sync_one(cpu):
     """Not an RCU grace period: only good for walkers that rely on IRQs being
-    disabled.  An IPI to every other online CPU, waiting for each."""
+    disabled.  An IPI to every other online CPU, waiting for each.  Also the
+    strategy's hook for collapse_huge_page()."""
     yield from smp_call_function(cpu, tlb_remove_table_smp_sync, None, True,
                                  "tlb_remove_table_sync_one")
 
