@@ -13,6 +13,7 @@ import pytest
 from fuzz import corpus
 from fuzz.run import run_program
 from impls import registry
+from impls.machine.choices import RandomChoices
 from impls.machine.platform import platform_options
 from impls.machine.program import Env, Op, Program
 from impls.platforms import xen_pv
@@ -95,3 +96,24 @@ def test_xen_flushes_every_vcpu_when_a_released_table_becomes_writable():
     off = replace(lit.program, env=Env(options=(("type_change_flush", "off"),)))
     r = run_program(off, registry.strategy("semi-rcu"), registry.platform("xen-pv"))
     assert not [e for e in r.history.events if e.kind == "xen_type_change_flush"]
+
+
+#: CPU1 switches to mm0 (a thread of mm0 is scheduled in) while CPU0's thread
+#: of mm0 runs exit_group()
+EXIT_WHILE_SWITCHING_IN = Program(
+    cpus=2, mms=2, start=(0, 1), vmas=((0, 0x200000, 0x200000), (1, 0x200000, 0x200000)),
+    ops=(Op(1, "switch", mm=0), Op(1, "access", addr=0x200000, write=True), Op(0, "exit")),
+)
+
+
+@pytest.mark.parametrize("platform", ["native", "xen-pv", "broadcast"])
+def test_exit_kills_a_thread_being_switched_in(platform):
+    """A task of mm0 being switched in holds an mm_users reference: exit_mmap()
+    cannot run until it has exited too, so exit_group() must count it among
+    the threads it kills even before CR3 holds mm0 (else it would fault pages
+    into a tree exit_mmap() is tearing down: pages and tables leak).  Seed 12
+    put the switch across the exit's zap before the fix."""
+    for seed in range(40):
+        r = run_program(EXIT_WHILE_SWITCHING_IN, registry.strategy("full-rcu"), registry.platform(platform),
+                        RandomChoices(seed))
+        assert r.verdict.ok, (seed, r.verdict.violations)
