@@ -184,6 +184,36 @@ def test_partial_zap_splits_first():
     assert _events(run, "thp_split_pmd") and run.verdict.behaviours.get("huge-pmd-split")
 
 
+@pytest.mark.parametrize("new_addr, moved", [(0x40000000, True), (0x40001000, False)])
+def test_mremap_moves_a_whole_huge_pmd_and_splits_a_partial_one(new_addr: int, moved: bool):
+    """move_page_tables(): a huge PMD whose whole extent moves is
+    move_huge_pmd() (to another PMD table: its deposited table follows it,
+    pmd_move_must_withdraw()); a misaligned destination splits it first, then
+    move_ptes() moves the 512 PTEs."""
+    text = f"""
+shootdown: 1
+platform: native
+env: {{thp: true}}
+vmas: [{{mm: 0, start: 0x200000, len: 0x200000}}]
+ops:
+  - {{cpu: 0, op: access, addr: 0x200000, write: true}}
+  - {{cpu: 1, op: access, addr: 0x200000}}
+  - {{cpu: 0, op: mremap, addr: 0x200000, len: 0x200000, new_addr: {new_addr:#x}}}
+  - {{cpu: 0, op: access, addr: {new_addr + 0x5000:#x}}}
+  - {{cpu: 0, op: munmap, addr: {new_addr:#x}, len: 0x200000}}
+"""
+    for strategy in ("direct", "full-rcu"):
+        run = _run(text, strategy)
+        assert run.verdict.ok, run.verdict.violations
+        assert bool(_events(run, "huge_pmd_moved")) == moved
+        assert bool(_events(run, "thp_split_pmd")) == (not moved)
+        if moved:
+            pmds = {e.a["pmd"] for e in _events(run, "pgtable_deposit", "pgtable_withdraw")}
+            assert len(pmds) == 2  # withdrawn from the old PMD table, deposited on the new
+        final = _events(run, "final")[0].a["mms"][0]
+        assert not final["mapping"] and "huge" not in final and final["rss"] == 0
+
+
 # -- collapse ------------------------------------------------------------------------------
 
 def test_khugepaged_needs_a_kernel_thread():

@@ -34,6 +34,9 @@ MODEL: no huge zero page (a read fault maps a real THP, as every 4 KiB fault
 allocates a page); no deferred split queue and no split_huge_page() of the
 folio itself (a PTE-mapped THP stays one folio until its last page is
 unmapped); no PMD migration entries, swap or mprotect of huge PMDs.
+
+* **mremap** (``move_page_tables()``): a huge PMD whose whole 2 MiB extent
+  moves is ``move_huge_pmd()``; one that moves in part is split first.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from .pgtable_generic import (
     walk_to_pmd,
 )
 from .pt_reclaim import pmd_lockptr
+from .tlbflush import flush_tlb_range
 
 if TYPE_CHECKING:
     from .mmu_gather import MmuGather
@@ -73,9 +77,15 @@ if TYPE_CHECKING:
 
 def thp_vma_suitable(mm: Mm, haddr: int) -> bool:
     """include/linux/huge_mm.h: thp_vma_suitable_order(vma, haddr, PMD_ORDER):
-    the VMA covers the whole aligned 2 MiB range (anonymous VMAs only)."""
+    the VMA covers the whole aligned 2 MiB range (anonymous VMAs only).
+
+    MODEL: a shmem VMA is never suitable: its faults never map huge
+    (``shmem_enabled=never``, the default), and MADV_COLLAPSE/khugepaged of a
+    file range (``hpage_collapse_scan_file()``, ``collapse_file()``) is not
+    modelled."""
     vma = mm.find_vma(haddr)
-    return vma is not None and vma.start <= haddr and haddr + HPAGE_PMD_SIZE <= vma.end
+    return (vma is not None and vma.file is None
+            and vma.start <= haddr and haddr + HPAGE_PMD_SIZE <= vma.end)
 
 
 # -- faults ------------------------------------------------------------------------
@@ -193,6 +203,48 @@ def zap_huge_pmd(tlb: MmuGather, pmdp: Ptr, addr: int) -> Step:
         # tlb_remove_page_size(tlb, &folio->page, HPAGE_PMD_SIZE)
         if (yield from S.__tlb_remove_page_size(tlb, folio, HPAGE_PMD_SIZE)):
             yield from S.tlb_flush_mmu(tlb)
+    return True
+
+
+# -- mremap -----------------------------------------------------------------------
+
+def move_huge_pmd(cpu: Cpu, vma, old_addr: int, new_addr: int, old_pmd: Ptr, new_pmd: Ptr) -> Step:
+    """mm/huge_memory.c: move_huge_pmd() (mremap's HPAGE_PMD move, the mmap
+    lock held for write): refused if the destination PMD is not none; under
+    the old PMD lock (``__pmd_trans_huge_lock()``: still huge?) and the new
+    one, ``pmdp_huge_get_and_clear()``, the deposited table withdrawn from the
+    old PMD table and deposited on the new one when their locks differ
+    (``pmd_move_must_withdraw()``: split PMD locks, anonymous VMA),
+    ``set_pmd_at()`` at the new address, then ``flush_pmd_tlb_range()`` of the
+    old range (x86: ``flush_tlb_range()``) before the locks go.  Returns
+    whether it moved."""
+    m = cpu.m
+    mm = vma.mm
+    who = "move_huge_pmd"
+    if not pmd_none(m.sw_read(cpu, new_pmd.frame, new_pmd.gen, new_pmd.idx, who)):
+        return False
+    old_ptl = pmd_lockptr(cpu, mm, old_pmd)
+    yield from spin_lock(cpu, old_ptl, f"{who}:old_ptl")
+    pmd = m.sw_read(cpu, old_pmd.frame, old_pmd.gen, old_pmd.idx, who)
+    if not pmd_trans_huge(pmd):
+        spin_unlock(cpu, old_ptl)
+        return False
+    new_ptl = pmd_lockptr(cpu, mm, new_pmd)
+    if new_ptl is not old_ptl:
+        yield from spin_lock(cpu, new_ptl, f"{who}:new_ptl")
+    m.set_pxd(cpu, old_pmd, 0, "pmdp_huge_get_and_clear (move_huge_pmd)")
+    force_flush = pmd_present(pmd)
+    if new_ptl is not old_ptl:  # pmd_move_must_withdraw()
+        pgtable = pgtable_trans_huge_withdraw(cpu, mm, old_pmd)
+        pgtable_trans_huge_deposit(cpu, mm, new_pmd, pgtable)
+    m.set_pxd(cpu, new_pmd, pmd, "set_pmd_at (move_huge_pmd)")
+    m.h.emit(cpu.id, "huge_pmd_moved", mm=mm.id, pfn=entry_pfn(pmd), old=old_addr, new=new_addr)
+    yield f"{who}:moved"
+    if force_flush:
+        yield from flush_tlb_range(cpu, vma, old_addr, old_addr + HPAGE_PMD_SIZE)
+    if new_ptl is not old_ptl:
+        spin_unlock(cpu, new_ptl)
+    spin_unlock(cpu, old_ptl)
     return True
 
 

@@ -34,7 +34,11 @@ The flushes are ``flush_tlb_range()``: on x86
 since 3ef938c35035: a PMD pointing at a table may be what changed), through
 the platform's flush.
 
-MODEL: no hugetlb or THP moves, no MREMAP_DONTUNMAP, no resize, no
+With THP (``env.thp``) a huge PMD whose whole extent moves is
+``move_huge_pmd()`` (huge_memory.py), one that moves in part is split first
+(``split_huge_pmd()``), as move_page_tables() does.
+
+MODEL: no hugetlb moves, no MREMAP_DONTUNMAP, no resize, no
 ``try_realign_addr()`` (a range that does not start PMD-aligned is moved with
 ``move_ptes()``; realigning needs the old range to begin a VMA at an unaligned
 address, which the generator never makes); no ``flush_tlb_batched_pending()``
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 from .cpu import Cpu, Mm, Step, Vma, down_write, spin_lock, spin_unlock, up_write
 from .filemap import i_mmap_lock_write, i_mmap_unlock_write, vma_link_file
+from .huge_memory import move_huge_pmd, split_huge_pmd
 from .memory import __p_alloc, next_present, p_populate
 from .mmap import do_vmi_align_munmap
 from .mmu_notifier import mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start
@@ -59,6 +64,7 @@ from .pgtable import (
     entry_present,
     index,
     is_table_entry,
+    pmd_trans_huge,
 )
 from .pgtable_generic import Ptr, __pte_offset_map_lock, child_of, pte_offset_map_rw_nolock, pte_unmap
 from .pt_reclaim import pmd_lockptr
@@ -294,9 +300,16 @@ def move_page_tables(cpu: Cpu, pmc: PagetableMoveControl) -> Step:
             continue
         new_pmd = yield from alloc_new_pmd(cpu, mm, pmc.new_addr)
         while True:  # again:
-            if extent == PMD_SIZE and (yield from move_pgt_entry(cpu, pmc, False, old_pmd, new_pmd)):
-                break
             m = cpu.m
+            if m.env.thp and pmd_trans_huge(m.sw_read(cpu, old_pmd.frame, old_pmd.gen, old_pmd.idx, "mremap")):
+                # HPAGE_PMD: move_pgt_entry() takes the rmap locks only if
+                # need_rmap_locks (false: a fresh VMA)
+                if extent == PMD_SIZE and (yield from move_huge_pmd(cpu, pmc.old, pmc.old_addr, pmc.new_addr,
+                                                                    old_pmd, new_pmd)):
+                    break
+                yield from split_huge_pmd(cpu, mm, old_pmd, pmc.old_addr)
+            elif extent == PMD_SIZE and (yield from move_pgt_entry(cpu, pmc, False, old_pmd, new_pmd)):
+                break
             if not entry_present(m.sw_read(cpu, old_pmd.frame, old_pmd.gen, old_pmd.idx, "mremap")):
                 break
             # pte_alloc(new_mm, new_pmd)
