@@ -56,7 +56,16 @@ PT_RECLAIM, as semi-RCU (seed S2); the kernel never combines the two
 (PT_RECLAIM frees single tables with ``call_rcu()``).
 
 Batch allocation failure (``GFP_NOWAIT``): the single-table path above, the
-only place the early return changes anything.
+only place in the mmu_gather where the early return changes anything.
+
+THP collapse (``collapse_huge_page()``, mm/khugepaged.c): the other caller
+of ``tlb_remove_table_sync_one()``, right after ``pmdp_collapse_flush()``,
+whose ``flush_tlb_range()`` is on x86 ``flush_tlb_mm_range(...,
+freed_tables=true)`` (3ef938c35035): with the native flush that IPI'd every
+CPU of ``mm_cpumask``, lazy ones included, and waited, so the early return is
+safe there for the same reason (``native+thp``, ``native+thp+lazy``); with a
+hypercall or INVLPGB flush it is not taken (``xen-pv+thp``,
+``broadcast+thp``).  See docs/writing-a-strategy.md section 7.
 """
 
 from __future__ import annotations
