@@ -44,7 +44,7 @@ from __future__ import annotations
 from impls.machine.cpu import Cpu, Mm, Step
 from impls.machine.mmu_gather import tlb_get_unmap_shift, tlb_tables_changed
 from impls.machine.pgtable import PAGE_SHIFT
-from impls.machine.tlb import flush_all, hw_load_context, invlpg
+from impls.machine.tlb import flush_all, huge_key, hw_load_context, invlpg
 from impls.machine.tlbflush import TLB_FLUSH_ALL, FlushTlbInfo, mmu_notifier_arch_invalidate_secondary_tlbs
 
 NAME = "arm64"
@@ -123,8 +123,9 @@ def _perform(target: Cpu, tlbi) -> None:
     for addr in addrs:
         if op == "vae1is":
             invlpg(target.id, h, tlb, psc, addr, why, emit=False)
-        else:  # vale1is: the last level only, the walk cache stays
+        else:  # vale1is: the last level only (a block entry is one), the walk cache stays
             tlb.pop(addr >> PAGE_SHIFT, None)
+            tlb.pop(huge_key(addr), None)
     h.emit(target.id, "tlb_inv", start=addrs[0], end=addrs[-1] + (1 << stride_shift), stride=stride_shift,
            psc=op == "vae1is", why=why, asid=asid)
 
