@@ -21,7 +21,8 @@ from impls.machine.plugin import load_module_file
 from impls.platforms import arm64 as correct
 
 NAME = "arm64-fullmm-no-flush"
-PLANTED = {"env": "arm64", "kind": "platform", "check": "stale-psc", "strategy": "full-rcu"}
+PLANTED = {"env": "arm64", "kind": "platform", "check": "ordering", "strategy": "full-rcu",
+           "also": ("stale-psc",)}
 
 
 def tlb_flush(tlb):

@@ -23,8 +23,8 @@ from impls.machine.tlbflush import choose_new_asid as correct_choose_new_asid
 from impls.platforms import native as correct
 
 NAME = "choose-new-asid-no-catchup"
-PLANTED = {"env": "native", "kind": "platform", "check": "stale-tlb", "strategy": "full-rcu",
-           "also": ("ordering",)}
+PLANTED = {"env": "native+switch", "kind": "platform", "check": "ordering", "strategy": "full-rcu",
+           "also": ("stale-tlb",)}
 
 
 def choose_new_asid(cpu, next_mm, next_tlb_gen):

@@ -22,8 +22,8 @@ from impls.machine.plugin import load_module_file
 from impls.platforms import native as correct
 
 NAME = "should-flush-tlb-skips-switching"
-PLANTED = {"env": "native+switch", "kind": "platform", "check": "stale-tlb", "strategy": "full-rcu",
-           "also": ("ordering",)}
+PLANTED = {"env": "native+switch", "kind": "platform", "check": "ordering", "strategy": "full-rcu",
+           "also": ("stale-tlb",)}
 
 
 def should_flush_tlb(target, info):
