@@ -93,11 +93,15 @@ class Environment:
             out["pt-reclaim-freed-table"] = "PT_RECLAIM is off"
         if not self.kvm:
             out["kvm-fault-retried"] = "no KVM guest"
-        if not self.files:
-            out["rmap-zap-foreign-mm"] = "no file mappings in this environment"
-            out["truncate-unmapped-refaulted-page"] = "no file mappings in this environment"
+        if not (set(self.files) & {"shmem", "device"}):
+            out["rmap-zap-foreign-mm"] = "no shmem or device file mappings in this environment"
+            out["truncate-unmapped-refaulted-page"] = "no shmem file mappings in this environment"
+        if not self.files or self.weights.get("mremap", 1.0) <= 0.0:
             out["moved-pte-cached-at-old-address"] = "no mremap is generated in this environment"
             out["moved-table-cached-at-old-address"] = "no mremap is generated in this environment"
+        if "hugetlb" not in self.files:
+            for b in ("hugetlb-pmd-shared", "walker-in-unshared-table", "hugetlb-table-fully-unshared"):
+                out[b] = "no hugetlb file mappings in this environment"
         if self.choice_biases().get("alloc_fails:mmu_table_batch", 0.0) <= 0.0:
             out["table-batch-alloc-failed"] = "table-batch allocations never fail here"
         return out
@@ -118,6 +122,15 @@ _FILE_DESC = ("{base} with a shmem file mapped MAP_SHARED by 2-3 mms, truncate (
 #: THP: collapses and splits next to the walkers that race with them
 #: (GUP-fast, pte_offset_map() users: no PT_RECLAIM here, so RCU-only walkers
 #: meet splits but no table frees), and the zaps that free deposited tables
+#: hugetlb PMD sharing: 2-3 mms map one hugetlbfs GiB at the same place (the
+#: generator aims 60% of these operations at it): walkers (GUP-fast, hardware
+#: walks, accesses) in one mm meet munmap/madvise/exit unsharing in another
+_HUGETLB = {"gup_fast": 9.0, "access": 7.0, "spec_walk": 5.0, "munmap": 5.0, "madvise": 3.0,
+            "mmap": 4.0, "populate": 1.0, "pte_walk": 0.0, "mremap": 0.0}
+_HUGETLB_DESC = ("{base} with a hugetlbfs file mapped MAP_SHARED at the same PUD-aligned GiB by 2-3 "
+                 "mms: huge_pmd_share() on faults, huge_pmd_unshare() through the mmu_gather "
+                 "(unshared_tables, its flush and GUP-fast sync) on munmap, madvise and exit, the "
+                 "shared PMD table freed by its last sharer")
 _THP = {"collapse": 5.0, "khugepaged": 3.0, "split": 2.0, "gup_fast": 9.0, "pte_walk": 1.5,
         "madvise": 3.0, "populate": 2.0}
 
@@ -191,6 +204,14 @@ ENVIRONMENTS: dict[str, Environment] = {e.name: e for e in (
     Environment("broadcast+thp", "E4", "broadcast",
                 "E4 with transparent huge pages",
                 weights=_THP, biases=_NO_BATCH_FAIL, thp=True),
+    Environment("native+hugetlb", "E1", "native", _HUGETLB_DESC.format(base="E1"),
+                weights=_HUGETLB, biases=_NO_BATCH_FAIL, lazy_tlb=False, files=("hugetlb",), mms=(2, 3)),
+    Environment("xen-pv+hugetlb", "E3", "xen-pv", _HUGETLB_DESC.format(base="E3"),
+                weights=_HUGETLB, biases=_NO_BATCH_FAIL, files=("hugetlb",), mms=(2, 3)),
+    Environment("broadcast+hugetlb", "E4", "broadcast", _HUGETLB_DESC.format(base="E4"),
+                weights=_HUGETLB, biases=_NO_BATCH_FAIL, files=("hugetlb",), mms=(2, 3)),
+    Environment("arm64+hugetlb", "E5", "arm64", _HUGETLB_DESC.format(base="E5"),
+                weights=_HUGETLB, biases=_NO_BATCH_FAIL, files=("hugetlb",), mms=(2, 3)),
 )}
 
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from impls.machine.pgtable import PAGE_SIZE, PMD_SIZE
+from impls.machine.pgtable import PAGE_SIZE, PMD_SIZE, PUD_SIZE
 from impls.machine.program import Env, Op, Program
 
 T = TypeVar("T")
@@ -48,8 +48,12 @@ FILE_SLOTS: tuple[tuple[int, int], ...] = (
     (0x600000, PMD_SIZE),          # next to slots 0 and 1: the same PMD table
     (0x80000000, PMD_SIZE),        # alone in its GiB
     (0xc0000000, PMD_SIZE),        # alone in its GiB: a device's VM_PFNMAP mapping
+    (0x4000000000, PUD_SIZE),      # a whole PUD-aligned GiB of a hugetlbfs file: every mm maps it
+                                   # at the same offset, so its PMD table can be shared
 )
-FILE_SLOT_KINDS = ("shmem", "shmem", "device")
+FILE_SLOT_KINDS = ("shmem", "shmem", "device", "hugetlb")
+#: the hugetlb slot (a page of it is a 2 MiB huge page)
+HUGETLB_SLOT = len(SLOTS) + FILE_SLOT_KINDS.index("hugetlb")
 ALL_SLOTS = SLOTS + FILE_SLOTS
 #: slots whose next 2 MiB is never mapped: an mremap may land a page past them
 ISOLATED_SLOTS = (2, 3, len(SLOTS) + 1)
@@ -177,6 +181,8 @@ class _State:
     follow: dict[int, tuple[int, Op]] = field(default_factory=dict)
     #: THP: mm -> the slot last collapsed or split, which walkers aim at
     hot: dict[int, int] = field(default_factory=dict)
+    #: the index of the program's hugetlb file, if it has one
+    hugetlb_file: int = 0
 
 
 def op_weights(cfg: GenConfig) -> dict[str, float]:
@@ -215,6 +221,8 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
     for c in range(cpus):
         start.append(None if (c > 0 and draw.bool(kthread_p)) else draw.int(0, mms - 1))
     st.running = list(start)
+    if "hugetlb" in cfg.files:
+        st.hugetlb_file = cfg.files.index("hugetlb")
     vmas: list[tuple[int, int, int]] = []
     file_vmas: list[tuple[int, int, int, int, int]] = []
     for m in range(mms):
@@ -250,6 +258,8 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
 
 
 def _page_addr(slot: int, page: int, st: _State | None = None, mm: int | None = None) -> int:
+    if slot == HUGETLB_SLOT:
+        return ALL_SLOTS[slot][0] + page * PMD_SIZE
     shift = st.shift.get((mm, slot), 0) if st is not None else 0
     return ALL_SLOTS[slot][0] + shift + page * PAGE_SIZE
 
@@ -279,6 +289,13 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         return Op(cpu, "spec_walk", addr=_page_addr(slot, draw.int(0, PAGES_PER_SLOT - 1)))
     kind = draw.weighted(list(weights.items()))
     mapped = sorted(st.mapped[mm])
+    if "hugetlb" in files and kind in _HUGETLB_AIMED:
+        # hugetlb: walkers and zaps meet on the shared slot (every mm maps it at
+        # the same place, so a munmap or madvise unshares the PMD table another
+        # mm's walker may be in)
+        op = _hugetlb_op(draw, st, cpu, mm, kind)
+        if op is not None:
+            return op
     if kind == "truncate":
         # a hole in file 0's first pages, from whatever this CPU runs: every mm
         # mapping them is zapped through the rmap
@@ -404,6 +421,42 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
                 st.running[c] = None
         return Op(cpu, "exit")
     return None
+
+
+_HUGETLB_AIMED = ("gup_fast", "access", "spec_walk", "munmap", "madvise", "mmap", "populate")
+
+
+def _hugetlb_op(draw: Draw, st: _State, cpu: int, mm: int, kind: str) -> Op | None:
+    """An operation on the hugetlb slot, with probability 0.6 (None: the
+    caller draws an ordinary one)."""
+    if not draw.bool(0.6):
+        return None
+    slot = HUGETLB_SLOT
+    base, length = ALL_SLOTS[slot]
+    mapped = slot in st.mapped[mm]
+    if kind == "mmap":
+        if mapped:
+            return None
+        st.mapped[mm].add(slot)
+        return Op(cpu, "mmap", addr=base, len=length, file=_hugetlb_file(st), offset=0)
+    if not mapped and kind != "spec_walk" and kind != "gup_fast":
+        return None
+    if kind in ("munmap", "madvise"):
+        if kind == "munmap":
+            st.mapped[mm].discard(slot)
+        st.touched[mm] = {t for t in st.touched[mm] if t[0] != slot}
+        return Op(cpu, kind, addr=base, len=length)
+    page = draw.int(0, PAGES_PER_SLOT - 1)
+    if kind == "populate":
+        st.touched[mm].add((slot, 0))
+        return Op(cpu, "populate", addr=base, len=PAGE_SIZE)
+    if kind == "access":
+        st.touched[mm].add((slot, page))
+    return Op(cpu, kind, addr=_page_addr(slot, page), write=kind != "spec_walk" and draw.bool(0.5))
+
+
+def _hugetlb_file(st: _State) -> int:
+    return st.hugetlb_file
 
 
 def _target_slot(draw: Draw, st: _State, mm: int) -> int:

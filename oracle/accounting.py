@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from impls.machine.history import Event
 from impls.machine.page_alloc import DATA, IOMEM, TABLE
-from impls.machine.pgtable import HPAGE_PMD_NR
+from impls.machine.pgtable import HPAGE_PMD_NR, entry_pfn, entry_present, index
 
 from .base import Check, Handler
 from .shadow import Shadow
@@ -52,6 +52,9 @@ class AccountingCheck(Check):
         mapped: dict[tuple[int, int], int] = {}
         # device frames (VM_PFNMAP) are mapped without counting in RSS
         iomem = {(fr[0], fr[1]) for fr in f["frames"] if fr[2] == IOMEM}
+        # hugetlb folios: order-9 pages of a file's page cache (a THP is anonymous)
+        hugetlb = {(fr[0], fr[1]) for fr in f["frames"] if fr[2] == DATA and len(fr) > 9 and fr[9]}
+        shared_seen: set[tuple[int, int] | None] = set()
         for mm in f["mms"]:
             if mm["freed"]:
                 continue
@@ -68,13 +71,22 @@ class AccountingCheck(Check):
                                 f"{name}: {field} = {mm[field]} but its tree has {counts[lvl]} "
                                 "such tables", [final])
             huge = mm.get("huge", ())
-            pages = sum(1 for _, pg in mm["mapping"] if pg not in iomem) + HPAGE_PMD_NR * len(huge)
+            # hugetlb pages (page-cache folios mapped by a huge PMD) are not in
+            # RSS: hugetlb_count_add() counts them apart
+            pages = sum(1 for _, pg in mm["mapping"] if pg not in iomem) + HPAGE_PMD_NR * sum(
+                1 for _, pg in huge if pg not in hugetlb)
             if mm["rss"] != pages:
                 self.report("accounting", (name, "rss"),
                             f"{name}: RSS = {mm['rss']} but {pages} pages are mapped",
                             [final])
             for va, (pfn, gen) in huge:
-                # a PMD-mapped THP: one mapping, one reference
+                # a PMD-mapped THP: one mapping, one reference; a hugetlb PMD
+                # table shared by several mms maps its pages once (its entry)
+                if (pfn, gen) in hugetlb:
+                    entry = _pmd_entry(sh, mm["id"], va)
+                    if entry in shared_seen:
+                        continue
+                    shared_seen.add(entry)
                 mapped[(pfn, gen)] = mapped.get((pfn, gen), 0) + 1
                 if sh.translate(mm["id"], va) != (pfn, gen):
                     self.report("accounting", ("shadow", mm["id"], va),
@@ -106,6 +118,20 @@ class AccountingCheck(Check):
                                 pfn=pfn)
         if f["rcu_pending"]:
             self.report("accounting", "rcu", f"{f['rcu_pending']} RCU callbacks never ran", [final])
+
+
+def _pmd_entry(sh: Shadow, mm: int, va: int) -> tuple[int, int] | None:
+    """(PMD table pfn, index) of ``va`` in ``mm``'s live tables: the entry
+    that maps a huge page, which several mms reach when they share the table."""
+    pfn = sh.pgd_of_mm.get(mm)
+    for level in (4, 3):
+        if pfn is None:
+            return None
+        val = sh.entries.get(pfn, {}).get(index(level, va), 0)
+        if not entry_present(val):
+            return None
+        pfn = entry_pfn(val)
+    return (pfn, index(2, va)) if pfn is not None else None
 
 
 class KernelBugCheck(Check):

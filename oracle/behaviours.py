@@ -56,6 +56,12 @@ BEHAVIOURS: dict[str, str] = {
     "split (pmdp_invalidate())",
     "huge-pmd-split": "a huge PMD was split into a PTE table (__split_huge_pmd_locked())",
     "deposited-table-freed": "a deposited PTE table was freed with pte_free() (zap_huge_pmd())",
+    # hugetlb PMD sharing (files: hugetlb)
+    "hugetlb-pmd-shared": "a hugetlb fault pointed its PUD at another mm's PMD table (huge_pmd_share())",
+    "walker-in-unshared-table": "an mm unshared a hugetlb PMD table (huge_pmd_unshare()) while a "
+    "GUP-fast walk was in progress on another CPU or a CPU's paging-structure cache pointed at the table",
+    "hugetlb-table-fully-unshared": "a hugetlb PMD table lost its last other sharer (fully_unshared_tables: "
+    "its owner may now reuse or free it)",
 }
 
 
@@ -75,7 +81,7 @@ class Behaviours:
             "pmd_changed", "hw_read", "tlbsync", "mmdrop", "free_held", "gup_start", "gup_return",
             "flush_ipi_switching", "cr3_load", "cpumask_clear", "rmap_zap", "folio_still_mapped",
             "xen_type_change_flush", "ptes_moved", "table_moved", "dsb_ish", "collapse",
-            "walker_pmd_leaf", "thp_split_pmd")}
+            "walker_pmd_leaf", "thp_split_pmd", "pt_share", "pt_unshare")}
 
     def _walker_map(self, ev: Event, sh: Shadow) -> None:
         self.mapped[ev.cpu] = (ev.a["pfn"], ev.a["gen"])
@@ -85,6 +91,7 @@ class Behaviours:
 
     def _op_end(self, ev: Event, sh: Shadow) -> None:
         self.mapped.pop(ev.cpu, None)
+        self.gup_started.pop(ev.cpu, None)
         res = ev.a.get("result")
         if isinstance(res, str) and res.startswith("retry: invalidation"):
             self.hit("kvm-fault-retried")
@@ -100,6 +107,12 @@ class Behaviours:
                     self.hit("walker-mid-walk-at-collapse")
         elif a["why"].startswith("set_pmd_at (huge fault)"):
             self.hit("thp-fault-huge")
+        if a["old"] and a["why"].startswith("pud_clear (huge_pmd_unshare)"):
+            child = a["old"] >> 12
+            key = (child, sh.gen.get(child, 0))
+            if any(c != ev.cpu for c in self.gup_started) or any(
+                    v[:2] == key for agent, psc in sh.psc.items() if agent >= 0 for v in psc.values()):
+                self.hit("walker-in-unshared-table")
 
     def _free(self, ev: Event, sh: Shadow) -> None:
         if self.mapped:
@@ -197,6 +210,13 @@ class Behaviours:
 
     def _xen_type_change_flush(self, ev: Event, sh: Shadow) -> None:
         self.hit("xen-type-change-flush")
+
+    def _pt_share(self, ev: Event, sh: Shadow) -> None:
+        self.hit("hugetlb-pmd-shared")
+
+    def _pt_unshare(self, ev: Event, sh: Shadow) -> None:
+        if ev.a["count"] <= 0:
+            self.hit("hugetlb-table-fully-unshared")
 
     def _gup_start(self, ev: Event, sh: Shadow) -> None:
         self.gup_started[ev.cpu] = ev.seq

@@ -120,6 +120,21 @@ def _file_mappings(program: Program, per_cpu: dict) -> list[tuple[int, int, int,
     return out
 
 
+def _hugetlb_ranges(program: Program) -> list[tuple[int, int]]:
+    """[start, end) of every range a hugetlb file may be mapped at, in any
+    mm.  MODEL: their pages are never robust: a PMD table shared between mms
+    (huge_pmd_share()) maps in each of them what any sharer faulted in, and
+    whether a table is shared depends on the order of the faults."""
+    if "hugetlb" not in program.files:
+        return []
+    kinds = program.files
+    out = [(s, s + n) for _, s, n, f, _ in program.file_vmas if 0 <= f < len(kinds) and kinds[f] == "hugetlb"]
+    out += [(op.addr, op.addr + op.len) for op in (*program.setup, *program.ops)
+            if op.kind == "mmap" and op.file is not None and 0 <= op.file < len(kinds)
+            and kinds[op.file] == "hugetlb"]
+    return out
+
+
 def _rmap_spans(program: Program, per_cpu: dict) -> list[tuple[int, int, int]]:
     """(mm, start, stop) of the pages an rmap operation (``truncate``, a
     device's ``revoke``) may zap: in every mapping of the file that may cover
@@ -266,8 +281,11 @@ def robust_pages(program: Program) -> dict[tuple[int, int], bool]:
             for va in pages:
                 touched.setdefault((mm, va), set()).add(who)
     out = {}
+    shared = _hugetlb_ranges(program)
     for (mm, va), cpus in touched.items():
         ok = len(cpus) == 1 and UNCERTAIN not in cpus and mm not in dying
+        if ok and shared and any(lo <= va < hi for lo, hi in shared):
+            ok = False
         if ok and thp is not None:
             ok = _thp_robust(thp, mm, va)
         out[(mm, va)] = ok
@@ -316,12 +334,15 @@ class _Touches:
 
     def __init__(self, program: Program) -> None:
         named, self.thp, self.dying = _touch_facts(program)
+        self.shared = _hugetlb_ranges(program)
         self.spans = {mm: [(a, b, c) for a, b, c in spans if len(range(a, b, PAGE_SIZE)) <= 4096]
                       for mm, spans in named.items()}
 
     def robust(self, mm: int, va: int) -> bool:
         """``robust_pages(program).get((mm, va), False)``."""
         if mm in self.dying:
+            return False
+        if self.shared and any(lo <= va < hi for lo, hi in self.shared):
             return False
         cpus = {cpu for start, stop, cpu in self.spans.get(mm, ())
                 if start <= va < stop and (va - start) % PAGE_SIZE == 0}

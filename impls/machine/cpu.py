@@ -34,7 +34,7 @@ class Vma:
     (``vm_file->f_mapping``), the file offset of ``start`` in pages
     (``vm_pgoff``) and ``vm_flags``; ``mm`` is ``vm_mm``."""
 
-    __slots__ = ("start", "end", "file", "pgoff", "flags", "mm")
+    __slots__ = ("start", "end", "file", "pgoff", "flags", "mm", "vma_lock")
 
     def __init__(self, start: int, end: int, file: Any = None, pgoff: int = 0, flags: int = 0,
                  mm: Any = None) -> None:
@@ -44,11 +44,19 @@ class Vma:
         self.pgoff = pgoff
         self.flags = flags
         self.mm = mm
+        #: a hugetlb VMA's lock (``vm_private_data``, struct hugetlb_vma_lock):
+        #: None for other VMAs, and once freed at the final unmap
+        self.vma_lock: RwSem | None = None
+        if file is not None and getattr(file, "kind", None) == "hugetlb":
+            self.vma_lock = RwSem(f"{file.name}.vma_lock")
 
     def piece(self, start: int, end: int) -> Vma:
         """The part [start, end) of this VMA as a VMA of its own (a split):
-        the same file, ``vm_pgoff`` advanced by the pages cut off the front."""
-        return Vma(start, end, self.file, self.pgoff + ((start - self.start) >> 12), self.flags, self.mm)
+        the same file, ``vm_pgoff`` advanced by the pages cut off the front.
+        MODEL: the pieces of a hugetlb VMA share its VMA lock."""
+        v = Vma(start, end, self.file, self.pgoff + ((start - self.start) >> 12), self.flags, self.mm)
+        v.vma_lock = self.vma_lock
+        return v
 
     def linear_page_index(self, addr: int) -> int:
         """include/linux/pagemap.h: linear_page_index()."""

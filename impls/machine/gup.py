@@ -166,11 +166,13 @@ def get_user_page(cpu: Cpu, mm: Mm, addr: int, who: str) -> Step:
     m = cpu.m
     yield from down_read(cpu, mm.mmap_lock)
     try:
-        if mm.find_vma(addr) is None:
+        vma = mm.find_vma(addr)
+        if vma is None:
             return None
+        huge = m.env.thp or (vma.file is not None and vma.file.kind == "hugetlb")
         for _ in range(3):
             pmdp = walk_to_pmd(cpu, mm, addr, who)
-            if pmdp is not None and m.env.thp and pmd_leaf(m.sw_read(cpu, pmdp.frame, pmdp.gen, pmdp.idx, who)):
+            if pmdp is not None and huge and pmd_leaf(m.sw_read(cpu, pmdp.frame, pmdp.gen, pmdp.idx, who)):
                 # follow_pmd_mask(): a huge PMD (THP), or one being split
                 from .huge_memory import follow_huge_pmd
                 folio = yield from follow_huge_pmd(cpu, mm, pmdp)

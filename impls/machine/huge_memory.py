@@ -313,8 +313,11 @@ def split_op(cpu: Cpu, op) -> Step:
         return "skipped: no THP"
     yield from down_read(cpu, mm.mmap_lock)
     try:
-        if mm.find_vma(op.addr) is None:
+        vma = mm.find_vma(op.addr)
+        if vma is None:
             return "no vma"
+        if vma.vma_lock is not None or (vma.file is not None and vma.file.kind == "hugetlb"):
+            return "EINVAL: hugetlb"  # a hugetlb PMD is never split
         pmdp = walk_to_pmd(cpu, mm, op.addr, "split_huge_pmd")
         if pmdp is None:
             return "no pmd table"

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from .cpu import Cpu, Mm, Step, spin_lock, spin_unlock
 from .filemap import folio_unlock, i_mmap_lock_read, i_mmap_unlock_read, shmem_fault, unlink_file_vma
+from .hugetlb import hugetlb_fault, is_vm_hugetlb_page, unmap_hugepage_vma
 from .mmu_gather import tlb_end_vma, tlb_flush_pte_range, tlb_gather_mmu, tlb_start_vma
 from .mmu_notifier import mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start
 from .page_alloc import DATA, TABLE, Frame
@@ -122,6 +123,8 @@ def handle_mm_fault(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
     m = cpu.m
     who = "fault"
     vma = mm.find_vma(addr)
+    if vma is not None and is_vm_hugetlb_page(vma):
+        return (yield from hugetlb_fault(cpu, mm, vma, addr, write))
     f, gen = mm.pgd, mm.pgd_gen
     for level in (4, 3):
         parent = Ptr(f, gen, index(level, addr))
@@ -433,6 +436,11 @@ def unmap_vmas(tlb: MmuGather, vmas: list, start: int, end: int,
     mm = tlb.mm
     yield from mmu_notifier_invalidate_range_start(cpu, mm, start, end, event)
     for vma in vmas:
+        if is_vm_hugetlb_page(vma):
+            # hugetlb_zap_begin(); unmap_single_vma() -> __unmap_hugepage_range();
+            # hugetlb_zap_end() (ZAP_FLAG_UNMAP at munmap and exit)
+            yield from unmap_hugepage_vma(tlb, vma, vma.start, vma.end, event == "UNMAP")
+            continue
         yield from unmap_single_vma(tlb, vma, vma.start, vma.end, details)
     yield from mmu_notifier_invalidate_range_end(cpu, mm, start, end, event)
 

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 from .cpu import Cpu, Mm, Step, Vma, down_read, down_write, downgrade_write, up_read, up_write
 from .filemap import i_mmap_lock_write, i_mmap_unlock_write, vma_link_file
+from .hugetlb import hugetlb_range_ok, is_vm_hugetlb_page
 from .memory import FIRST_USER_ADDRESS, USER_PGTABLES_CEILING, ZapDetails, free_pgtables, unmap_vmas
-from .mmu_gather import VM_IO, VM_PFNMAP, VM_SHARED, tlb_gather_mmu
+from .mmu_gather import VM_HUGETLB, VM_IO, VM_PFNMAP, VM_SHARED, tlb_gather_mmu
 from .mmu_notifier import mmu_notifier_release
 from .pgtable import PAGE_SIZE
 
 #: vm_flags of a file mapping, by file kind (MAP_SHARED, PROT_READ|PROT_WRITE)
-FILE_VM_FLAGS = {"shmem": VM_SHARED, "device": VM_SHARED | VM_IO | VM_PFNMAP}
+FILE_VM_FLAGS = {"shmem": VM_SHARED, "device": VM_SHARED | VM_IO | VM_PFNMAP,
+                 "hugetlb": VM_SHARED | VM_HUGETLB}
 
 
 def do_mmap(cpu: Cpu, op) -> Step:
@@ -126,11 +128,20 @@ def do_vmi_align_munmap(cpu: Cpu, mm: Mm, start: int, end: int, downgrade: bool)
     return len(removed)
 
 
+def hugetlb_misaligned(mm: Mm, start: int, end: int) -> bool:
+    """A range that cuts a hugetlb VMA off a huge-page boundary: munmap()
+    fails with EINVAL (hugetlb_vm_op_split()), madvise() too."""
+    return any(is_vm_hugetlb_page(v) and not hugetlb_range_ok(v, max(start, v.start), min(end, v.end))
+               for v in mm.vmas if v.start < end and start < v.end)
+
+
 def do_munmap(cpu: Cpu, op) -> Step:
     mm = cpu.current_mm
     if mm is None:
         return "skipped: kernel thread"
     start, end = op.addr, op.addr + op.len
+    if hugetlb_misaligned(mm, start, end):
+        return "EINVAL: hugetlb range not huge-page aligned"
     yield from down_write(cpu, mm.mmap_lock)
     n = yield from do_vmi_align_munmap(cpu, mm, start, end, downgrade=True)
     if not n:
@@ -147,6 +158,8 @@ def madvise_dontneed(cpu: Cpu, op) -> Step:
     if mm is None:
         return "skipped: kernel thread"
     start, end = op.addr, op.addr + op.len
+    if hugetlb_misaligned(mm, start, end):
+        return "EINVAL: hugetlb range not huge-page aligned"
     yield from down_read(cpu, mm.mmap_lock)
     ranges = [v.piece(max(v.start, start), min(v.end, end)) for v in mm.vmas
               if v.start < end and start < v.end]

@@ -51,6 +51,7 @@ from __future__ import annotations
 from .cpu import Cpu, Mm, Step, Vma, down_write, spin_lock, spin_unlock, up_write
 from .filemap import i_mmap_lock_write, i_mmap_unlock_write, vma_link_file
 from .huge_memory import move_huge_pmd, split_huge_pmd
+from .hugetlb import is_vm_hugetlb_page
 from .memory import __p_alloc, next_present, p_populate
 from .mmap import do_vmi_align_munmap
 from .mmu_notifier import mmu_notifier_invalidate_range_end, mmu_notifier_invalidate_range_start
@@ -333,6 +334,10 @@ def mremap_op(cpu: Cpu, op) -> Step:
     addr, length, new_addr = op.addr, op.len, op.new_addr
     if new_addr < addr + length and addr < new_addr + length:
         return "EINVAL: the ranges overlap"
+    if any(is_vm_hugetlb_page(v) for v in mm.vmas
+           if v.start < addr + length and addr < v.end or v.start < new_addr + length and new_addr < v.end):
+        # MODEL: move_hugetlb_page_tables() is not modelled
+        return "EINVAL: hugetlb"
     yield from down_write(cpu, mm.mmap_lock)
     try:
         vma = mm.find_vma(addr)

@@ -52,6 +52,8 @@ OPTIONAL_ARGS: dict[str, tuple[str, ...]] = {
 #: the kinds of file a program may declare (``files:``)
 FILE_KINDS: dict[str, str] = {
     "shmem": "a tmpfs/shmem file: page-cache pages with their own lifetime, mapped MAP_SHARED",
+    "hugetlb": "a hugetlbfs file: 2 MiB pages, mapped MAP_SHARED; mms that map the same PUD-aligned "
+               "1 GiB of it share its PMD table (huge_pmd_share()) and unshare it when they unmap it",
     "device": "a driver's device file: mmap gives a VM_PFNMAP mapping of raw device frames "
               "(vmf_insert_pfn(): no refcount, no rmap), which the driver can revoke",
 }

@@ -31,6 +31,13 @@ optional (the machine's generic version is used when absent)
   ``tlb_flush_unshared_tables()``, THP's ``collapse_huge_page()`` after
   ``pmdp_collapse_flush()``; the kernel's default is the IPI, and a
   configuration without RCU table freeing has an empty one).
+  ``tlb_unshare_pmd_ptdesc(tlb, table, addr)``: hugetlb's huge_pmd_unshare()
+  cleared a PUD entry pointing at a shared PMD table: drop its share count,
+  add the PUD range to the gather, set ``tlb.unshared_tables`` (and
+  ``fully_unshared_tables`` when no other sharer is left).  Plain.
+  ``tlb_flush_unshared_tables(tlb)``: before ``i_mmap_rwsem`` is dropped,
+  flush the unsharer's TLBs if ``unshared_tables``, and after a full unshare
+  wait for GUP-fast (``tlb_remove_table_sync_one()``).
   ``pte_free(cpu, mm, table)``: free a PTE table at once, no flush, no RCU
   (include/asm-generic/pgalloc.h): zap_deposited_table() frees the table a
   huge PMD had deposited through it.  Plain (called under the PMD lock).
@@ -67,6 +74,10 @@ HOOKS = [
          "wait for concurrent GUP-fast walkers (an IPI to every other CPU)"),
     Hook("tlb_free_vmas", False, True, mmu_gather.tlb_free_vmas,
          "the flush a zapped VM_PFNMAP VMA needs before free_pgtables() unlinks VMAs"),
+    Hook("tlb_unshare_pmd_ptdesc", False, False, mmu_gather.tlb_unshare_pmd_ptdesc,
+         "record an unshared hugetlb PMD table in the gather (share count, range, flags)"),
+    Hook("tlb_flush_unshared_tables", False, True, mmu_gather.tlb_flush_unshared_tables,
+         "flush for unshared tables, and sync GUP-fast after a full unshare, before i_mmap_rwsem is dropped"),
     Hook("pte_free", False, False, mmu_gather.pte_free,
          "free a PTE table at once (zap_deposited_table())"),
 ]

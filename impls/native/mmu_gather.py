@@ -65,7 +65,8 @@ from impls.machine.kernel import (
 NAME = "direct"
 KERNEL = "x86-64 v4.19-v6.14, !PARAVIRT, !PT_RECLAIM: paravirt_tlb_remove_table() = tlb_remove_page()"
 SAFE_ON = ("native", "native+batch-fail", "native+lazy",
-           "native+secondary-mmu", "native+switch", "native+file", "native+thp", "native+thp+lazy")
+           "native+secondary-mmu", "native+switch", "native+file", "native+thp", "native+thp+lazy",
+           "native+hugetlb")
 
 
 def paravirt_tlb_remove_table(tlb: MmuGather, table):

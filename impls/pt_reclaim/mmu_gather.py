@@ -62,7 +62,8 @@ SAFE_ON = ("native", "native+pt-reclaim", "xen-pv", "broadcast", "native+batch-f
            "native+lazy",
            "native+secondary-mmu", "native+switch", "native+file", "xen-pv+file",
            "broadcast+file", "arm64", "arm64+batch-fail",
-           "native+thp", "native+thp+lazy", "xen-pv+thp", "broadcast+thp")
+           "native+thp", "native+thp+lazy", "xen-pv+thp", "broadcast+thp",
+           "native+hugetlb", "xen-pv+hugetlb", "broadcast+hugetlb", "arm64+hugetlb")
 
 
 class MmuTableBatch:
