@@ -100,7 +100,8 @@ KERNEL = ("MMU_GATHER_RCU_TABLE_FREE, !PT_RECLAIM, with 'mm/mmu_gather: prepare 
 SAFE_ON = ("native", "xen-pv", "broadcast", "native+batch-fail", "xen-pv+batch-fail",
            "broadcast+batch-fail", "native+lazy", "native+secondary-mmu", "native+switch",
            "native+file", "xen-pv+file", "broadcast+file", "arm64", "arm64+batch-fail",
-           "native+thp", "native+thp+lazy", "xen-pv+thp", "broadcast+thp")
+           "native+thp", "native+thp+lazy", "xen-pv+thp", "broadcast+thp",
+           "native+hugetlb", "xen-pv+hugetlb", "broadcast+hugetlb", "arm64+hugetlb")
 
 
 class MmuTableBatch:
