@@ -11,9 +11,12 @@ within a small, deterministic budget (``--canary-runs`` programs, seed 0);
 if one is not, the fuzzer or the oracle is broken and a green result would
 mean nothing, so the run fails loudly before fuzzing anything.  By default
 (:data:`CANARIES`) native flushes that skip lazy-TLB CPUs (native_skip_lazy,
-on native+lazy) and a THP collapse that does not wait for GUP-fast
+on native+lazy), a THP collapse that does not wait for GUP-fast
 (khugepaged_no_sync_ipi, on broadcast+thp: the collapse, deposit and
-huge-PMD zap paths must all work for it to be found); ``--canary NAME``
+huge-PMD zap paths must all work for it to be found) and a GUP-fast that
+takes a huge or splitting PMD for a table (gup_fast_no_pmd_leaf_check, on
+native+thp: huge faults, splits and the bad-walk check must work); each
+takes about 2 s.  ``--canary NAME``
 picks others, any planted bug of tests/mutants whose environment is one of
 fuzz/envs.py.
 """
@@ -31,7 +34,7 @@ from .session import CellSpec, Plan, run_session
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "tests" / "mutants"
 #: the planted bugs make fuzz checks it still finds before fuzzing
-CANARIES = ("native_skip_lazy", "khugepaged_no_sync_ipi")
+CANARIES = ("native_skip_lazy", "khugepaged_no_sync_ipi", "gup_fast_no_pmd_leaf_check")
 #: the correct strategy a planted platform runs with when it names none
 CANARY_STRATEGY = "full-rcu"
 

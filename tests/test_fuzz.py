@@ -210,12 +210,13 @@ def test_the_canaries_find_their_planted_bugs():
     ok, msg = canary(runs=200, length=128)
     assert ok, msg
     assert "native_skip_lazy found" in msg and "khugepaged_no_sync_ipi found" in msg
-    assert cells_of_thp_canary() == ("broadcast+thp",)
+    assert "gup_fast_no_pmd_leaf_check found" in msg and "bad-walk" in msg
+    assert cells_of_thp_canaries() == ("broadcast+thp", "native+thp")
 
 
-def cells_of_thp_canary() -> tuple[str, ...]:
+def cells_of_thp_canaries() -> tuple[str, ...]:
     from fuzz.safe_on import canary_cell
-    return (canary_cell("khugepaged_no_sync_ipi").env,)
+    return (canary_cell("khugepaged_no_sync_ipi").env, canary_cell("gup_fast_no_pmd_leaf_check").env)
 
 
 def test_a_canary_that_is_not_found_fails_the_run():

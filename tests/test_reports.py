@@ -178,3 +178,16 @@ def test_docs_link_only_to_files_in_the_repository():
             assert path.is_relative_to(ROOT), f"{doc.name} points outside the repository: {t}"
             assert path.exists(), f"{doc.name}: {t} does not exist"
     assert "docs/primer.md" in (ROOT / "README.md").read_text()
+
+
+def test_docs_name_every_environment():
+    """Every environment of fuzz/envs.py has its row in docs/writing-a-strategy.md's
+    table (what SAFE_ON may name) and is named in the README (the batch-fail
+    variants as `*+batch-fail`)."""
+    from fuzz.envs import ENVIRONMENTS
+    readme = (ROOT / "README.md").read_text()
+    guide = (ROOT / "docs" / "writing-a-strategy.md").read_text()
+    for e in ENVIRONMENTS:
+        assert f"| `{e}` |" in guide, f"docs/writing-a-strategy.md has no row for {e}"
+        assert f"`{e}`" in readme or (e.endswith("+batch-fail") and "`*+batch-fail`" in readme), \
+            f"the README does not name the environment {e}"

@@ -145,6 +145,13 @@ def test_zoo_is_big_enough_and_covers_every_check():
     assert not missing, f"no planted bug trips {sorted(missing)}"
 
 
+def test_readme_counts_the_zoo():
+    """The README's count of planted bugs is the zoo's size (it went stale once)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    counts = re.findall(r"a zoo of (\d+) planted bugs", readme)
+    assert counts == [str(len(ZOO))], f"README says {counts}, tests/mutants holds {len(ZOO)}"
+
+
 @pytest.mark.parametrize("m", ZOO, ids=lambda m: m.name)
 def test_planted_bug_is_well_formed(m: mutants.Mutant):
     assert m.check in CHECKS and all(c in CHECKS for c in m.also)

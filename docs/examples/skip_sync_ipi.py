@@ -43,9 +43,13 @@ that starts later cannot reach the unhooked table.  That is the barrier
 reaches only ``mm_cpumask``, where the sync IPI reaches every online CPU;
 the difference does not matter for GUP-fast, which walks ``current->mm`` and
 so runs only on CPUs that have the mm loaded, and a CPU that loads the mm
-sets its bit in ``switch_mm_irqs_off()`` before it can walk (MODEL: the
-switch is atomic; the kernel's ``LOADED_MM_SWITCHING`` window and the barrier
-of 83b0177a6c48 are not modelled).  When the flush is not an IPI (Xen PV
+sets its bit in ``switch_mm_irqs_off()`` before it can walk: the machine's
+switch runs in the kernel's steps (``LOADED_MM_SWITCHING``, the bit, the
+``tlb_gen`` read, CR3), IRQs off throughout, and ``should_flush_tlb()`` IPIs
+a CPU in that window (environment ``native+switch``).  (MODEL: memory is
+sequentially consistent, so the ``smp_mb()`` that orders the bit and
+``loaded_mm`` against the ``tlb_gen`` read, 83b0177a6c48, is implicit;
+ARCHITECTURE.md, model limits.)  When the flush is not an IPI (Xen PV
 hypercall, INVLPGB, RAR), the early return is not taken and the sync IPI is
 sent, as in plain semi-RCU.
 

@@ -450,6 +450,6 @@ summary printed, no worker left behind.
                    help="--safe-on: programs each canary may take to find its planted bug")
     p.add_argument("--canary", action="append", metavar="NAME",
                    help="--safe-on: a planted bug of tests/mutants to use as a canary (repeatable; "
-                        "default: native_skip_lazy and khugepaged_no_sync_ipi)")
+                        "default: native_skip_lazy, khugepaged_no_sync_ipi and gup_fast_no_pmd_leaf_check)")
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_fuzz)
