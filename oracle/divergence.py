@@ -15,7 +15,9 @@ observables at quiescence are compared:
   through a file's rmap (``truncate``) acts on every mm that may map the
   range, from a CPU that runs none of them: the pages it may zap are racy in
   all of them.  An ``mremap`` unmaps its old range and maps at the new one
-  whatever the old one held when it ran: its new range is racy.  With THP
+  whatever the old one held when it ran: its new range is racy; and it moves
+  all of its old range or nothing (EFAULT unless one VMA covers it), so its
+  old range is racy too when another CPU may change the layout there.  With THP
   (``env.thp``) a page is robust only if, besides, one CPU alone touches its
   2 MiB region and its last operation there names the page with a definite
   outcome (:func:`_thp_robust`);
@@ -238,7 +240,43 @@ def _touch_facts(program: Program) -> tuple[dict, tuple | None, set[int]]:
                         last[(mm, base, cpu)] = op
     for mm, start, stop in _rmap_spans(program, per_cpu):
         named.setdefault(mm, []).append((start, stop, UNCERTAIN))
+    _mremap_outcomes(program, per_cpu, dying, named)
     return named, (regions, last) if regions is not None else None, dying
+
+
+def _mremap_outcomes(program: Program, per_cpu: dict, dying: set[int],
+                     named: dict[int, list[tuple[int, int, int]]]) -> None:
+    """An ``mremap`` moves its whole old range or nothing: do_mremap() fails
+    (EFAULT) unless one VMA covers the old range, and refuses a hugetlb VMA at
+    either end (EINVAL).  So whether a page of its old range ends unmapped
+    depends on the VMA layout of the *whole* range when the move runs, which
+    another CPU (or an operation whose own outcome is racy) may change by
+    touching any other page of it: then every page of the old range is racy.
+    Iterated to a fixpoint, since a range made racy here may decide another
+    move."""
+    moves = [(cpu, op, _op_mms(op, poss, dying)[0]) for cpu, ops in per_cpu.items()
+             for poss, op in ops if op.kind == "mremap"]
+    if not moves:
+        return
+    hugetlb = "hugetlb" in program.files
+    marked: set[tuple[int, int]] = set()
+    changed = True
+    while changed:
+        changed = False
+        for i, (cpu, op, poss) in enumerate(moves):
+            ranges = [(op.addr, op.addr + op.len)]
+            if hugetlb:  # a hugetlb VMA another CPU maps at the destination refuses the move
+                ranges.append((op.new_addr, op.new_addr + op.len))
+            for mm in poss:
+                if mm is None or (i, mm) in marked:
+                    continue
+                spans = named.get(mm, ())
+                if any(who != cpu and a < hi and lo < b
+                       for a, b, who in spans for lo, hi in ranges
+                       if not (who == UNCERTAIN and (a, b) == (op.new_addr, op.new_addr + op.len))):
+                    named[mm].append((op.addr, op.addr + op.len, UNCERTAIN))
+                    marked.add((i, mm))
+                    changed = True
 
 
 #: with THP, what the last operation on a 2 MiB region leaves for the pages it

@@ -351,6 +351,50 @@ def test_divergence_ignores_pages_whose_mm_depends_on_the_schedule():
     assert compare(hs, prog) == []
 
 
+# CPU0 moves [0x200000, 0x202000) away while CPU1 unmaps the page at 0x201000.  If
+# the munmap comes first, one VMA no longer covers the old range and do_mremap()
+# fails with EFAULT: 0x200000 stays mapped; otherwise it has moved: unmapped.  Both
+# are correct executions, yet only CPU0 names 0x200000 (the soak's seed 515151
+# found it on native+file: "mm1 0x8000000000 mapped", with a move's destination
+# splitting the VMA of another move's source).
+MREMAP_VS_MUNMAP = """
+shootdown: 1
+platform: native
+cpus: 2
+vmas:
+  - {mm: 0, start: 0x200000, len: 0x200000}
+setup:
+  - {cpu: 0, op: populate, addr: 0x200000, len: 0x2000}
+ops:
+  - {cpu: 0, op: mremap, addr: 0x200000, len: 0x2000, new_addr: 0x40000000}
+  - {cpu: 1, op: munmap, addr: 0x201000, len: 0x1000}
+"""
+
+
+def test_divergence_knows_an_mremap_moves_all_or_nothing():
+    """An mremap's old range ends unmapped only if the move succeeds, which
+    depends on the VMA layout of the whole range when it runs: a page only the
+    moving CPU names is still racy when another CPU may change that layout."""
+    from dataclasses import replace
+
+    from impls.machine.choices import SchedEntry, Schedule
+    from oracle.divergence import compare, robust_pages
+
+    prog = _program(MREMAP_VS_MUNMAP)
+    assert robust_pages(prog).get((0, 0x200000)) is False
+    move_first = Schedule(sched=(SchedEntry(0, until="op_end"), SchedEntry(1, until="op_end")))
+    munmap_first = Schedule(sched=(SchedEntry(1, until="op_end"), SchedEntry(0, until="op_end")))
+    hs = [run_program(replace(prog, schedule=s), registry.strategy("direct"), registry.platform("native")).history
+          for s in (move_first, munmap_first)]
+    finals = [next(e for e in h.events if e.kind == "final") for h in hs]
+    mapped = [{va for va, _ in f.a["mms"][0]["mapping"]} for f in finals]
+    assert (0x200000 in mapped[0]) != (0x200000 in mapped[1]), "the two schedules must differ"
+    assert compare(hs, prog) == []
+    # without another CPU's munmap in the range, the move is certain: still compared
+    alone = _program(MREMAP_VS_MUNMAP.replace("addr: 0x201000, len: 0x1000", "addr: 0x300000, len: 0x1000"))
+    assert robust_pages(alone).get((0, 0x200000)) is True
+
+
 # GUP-fast has read the PTE when the collapse clears the PMD; nothing waits for it
 # (the planted bug: no sync IPI, no PMD re-check), so it pins the page after the
 # collapse's refcount check, and the collapse copies the pinned page away.  With the
