@@ -6,6 +6,7 @@ this tool can have.
     .venv/bin/python bench/soak.py                                  # 5 seeds x 4,000 programs per cell
     .venv/bin/python bench/soak.py --seeds 5 --first-seed 9100 --programs 20000 --jobs 2
     .venv/bin/python bench/soak.py --lengths 32,64,128 --out soak-out
+    .venv/bin/python bench/soak.py --env native+hugetlb,xen-pv+hugetlb   # only these cells
 
 Cells are those of ``make fuzz`` (fuzz.safe_on.safe_on_cells): one per
 environment, with every built-in claiming it run in lockstep, so each program
@@ -66,14 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("soak-out"), help="where reproducers go (default soak-out/)")
     ap.add_argument("--minimize-attempts", type=int, default=1000,
                     help="replays spent minimising each violation (default 1,000)")
+    ap.add_argument("--env", metavar="NAMES",
+                    help="comma-separated environments: soak only these cells (default: every SAFE_ON cell)")
     args = ap.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     if args.seeds < 1 or args.programs < 1 or not lengths or min(lengths) < 1 or args.jobs < 1:
         ap.error("--seeds, --programs, --lengths and --jobs must be positive")
 
     cells = safe_on_cells([registry.strategy(s) for s in BUILTINS])
+    if args.env:
+        wanted = [e.strip() for e in args.env.split(",") if e.strip()]
+        unknown = sorted(set(wanted) - {c.env for c in cells})
+        if unknown:
+            ap.error(f"--env: no built-in claims {', '.join(unknown)} in SAFE_ON "
+                     f"(cells: {', '.join(c.env for c in cells)})")
+        cells = [c for c in cells if c.env in wanted]
     command = (f"bench/soak.py --seeds {args.seeds} --first-seed {args.first_seed} --programs {args.programs} "
-               f"--lengths {args.lengths} --jobs {args.jobs}" + (f" --cluster {args.cluster}" if args.cluster else ""))
+               f"--lengths {args.lengths} --jobs {args.jobs}" + (f" --cluster {args.cluster}" if args.cluster else "")
+               + (f" --env {args.env}" if args.env else ""))
     print(f"soak: {len(cells)} cells x {args.seeds} seeds x {args.programs:,} programs, "
           f"jobs {args.jobs}, lengths {lengths}, reproducers to {args.out}/", flush=True)
     rows: dict[str, dict[int, tuple[int, int]]] = {}

@@ -47,3 +47,21 @@ def test_soak_fails_and_writes_a_reproducer_on_a_violation(tmp_path: Path, capsy
     out = capsys.readouterr().out
     assert rc == 1, out
     assert list((tmp_path / "out").glob("*.yaml")), out
+
+
+def test_soak_env_filter_runs_only_those_cells(tmp_path: Path, capsys):
+    soak = _soak()
+    rc = soak.main(["--seeds", "1", "--programs", "2", "--jobs", "1", "--first-seed", "3",
+                    "--lengths", "8", "--out", str(tmp_path / "out"), "--env", "native+hugetlb,arm64+hugetlb"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "soak: 2 cells" in out and "\nnative+hugetlb " in out and "\narm64+hugetlb " in out
+    assert "\nnative " not in out and "total: 4 programs, 0 violations" in out
+    assert "--env native+hugetlb,arm64+hugetlb" in out
+
+
+def test_soak_env_filter_refuses_an_unclaimed_environment(tmp_path: Path, capsys):
+    import pytest
+    with pytest.raises(SystemExit):
+        _soak().main(["--env", "no-such-env", "--out", str(tmp_path / "out")])
+    assert "no built-in claims no-such-env" in capsys.readouterr().err
