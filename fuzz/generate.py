@@ -183,6 +183,9 @@ class _State:
     hot: dict[int, int] = field(default_factory=dict)
     #: the index of the program's hugetlb file, if it has one
     hugetlb_file: int = 0
+    #: hugetlb: mm -> {huge page of the slot munmapped alone: whether an anonymous VMA
+    #: was mapped in the hole} (the hole's PMD entry is in the slot's PMD table)
+    holes: dict[int, dict[int, bool]] = field(default_factory=dict)
 
 
 def op_weights(cfg: GenConfig) -> dict[str, float]:
@@ -434,16 +437,31 @@ def _hugetlb_op(draw: Draw, st: _State, cpu: int, mm: int, kind: str) -> Op | No
     slot = HUGETLB_SLOT
     base, length = ALL_SLOTS[slot]
     mapped = slot in st.mapped[mm]
+    holes = st.holes.setdefault(mm, {})
     if kind == "mmap":
         if mapped:
-            return None
+            # an anonymous VMA in a hole of the hugetlb mapping: its PTE table goes into
+            # the (no longer shared) PMD table, where a GUP-fast of a former sharer that
+            # read the old PUD entry would find it (1013af4f585f)
+            empty = [p for p, filled in holes.items() if not filled]
+            if not empty:
+                return None
+            page = empty[0]
+            holes[page] = True
+            return Op(cpu, "mmap", addr=_page_addr(slot, page), len=PMD_SIZE)
         st.mapped[mm].add(slot)
         return Op(cpu, "mmap", addr=base, len=length, file=_hugetlb_file(st), offset=0)
     if not mapped and kind != "spec_walk" and kind != "gup_fast":
         return None
     if kind in ("munmap", "madvise"):
+        if kind == "munmap" and 1 not in holes and draw.bool(0.35):
+            # one huge page alone: the VMA is split, the rest of the PMD table stays
+            holes[1] = False
+            st.touched[mm].discard((slot, 1))
+            return Op(cpu, "munmap", addr=_page_addr(slot, 1), len=PMD_SIZE)
         if kind == "munmap":
             st.mapped[mm].discard(slot)
+            holes.clear()
         st.touched[mm] = {t for t in st.touched[mm] if t[0] != slot}
         return Op(cpu, kind, addr=base, len=length)
     page = draw.int(0, PAGES_PER_SLOT - 1)

@@ -20,6 +20,20 @@ re-check make sure no walker that read the old PMD takes a reference after
 that check (70cbc3cc78a9, 2ba99c5e0881); otherwise the pinned page is
 replaced and writes through the pin are lost.
 
+A walk in a shared hugetlb PMD table (mm/hugetlb.c, 8ce720d5bd91): once
+its mm unshared the table (cleared its PUD entry) the walk may still read
+it, and find there a huge page another sharer faulted in since.  Such a page
+is the file's page for that offset, the one the walk's own mapping of the
+file maps (or would map) at the address; the kernel accepts it ("no
+difference compared to GUP-fast just sleeping for a while after grabbing the
+page", 8ce720d5bd91) and only forbids walking a table that is no longer a
+shared hugetlb table, which the sync after a full unshare ensures.  So a
+walk may also return a hugetlb page-cache folio that a huge PMD of a PMD
+table on its path (at some instant of the walk) mapped at the address's
+index at some instant; anything else found through such a table (a PTE
+table of an anonymous VMA its remaining owner put there, 1013af4f585f) is
+still a leak.
+
 Xen: a frame may only go back to the allocator unpinned, writable and without
 ``PG_pinned``; an unpin of a pgd still in some vCPU's effective CR3 fails.
 """
@@ -28,6 +42,7 @@ from __future__ import annotations
 
 from impls.machine.history import Event
 from impls.machine.page_alloc import FREE
+from impls.machine.pgtable import entry_pfn, entry_present, index, pmd_leaf
 
 from .base import Check, Handler
 from .shadow import Shadow
@@ -37,13 +52,15 @@ class _Walk:
     """One GUP-fast walk in progress on a CPU: every (pfn, gen) that the live
     page tables mapped at its address at some instant since it started."""
 
-    __slots__ = ("mm", "addr", "seen", "grab")
+    __slots__ = ("mm", "addr", "seen", "grab", "tables")
 
     def __init__(self, mm: int, addr: int, now: tuple[int, int] | None) -> None:
         self.mm = mm
         self.addr = addr
         self.seen: set[tuple[int, int] | None] = {now}
         self.grab: Event | None = None
+        #: with hugetlb folios about: the PMD tables on the walk's path at some instant
+        self.tables: set[int] = set()
 
 
 class GupPinCheck(Check):
@@ -54,11 +71,34 @@ class GupPinCheck(Check):
         self.returned: dict[int, Event] = {}
         #: cpu -> the collapse that copied away the page its walk holds
         self.collapsed: dict[int, Event] = {}
+        #: hugetlb page-cache folios (pagecache_add with huge); empty without hugetlb
+        self.hugetlb: set[tuple[int, int]] = set()
 
     def handlers(self) -> dict[str, Handler]:
         return {"gup_start": self.start, "entry_write": self.write, "gup_grab": self.grab,
                 "gup_put": self.put, "gup_return": self.ret, "gup_unpin": self.unpin,
-                "collapse_copy": self.collapse_copy}
+                "collapse_copy": self.collapse_copy, "pagecache_add": self.pagecache_add}
+
+    def pagecache_add(self, ev: Event, sh: Shadow) -> None:
+        if ev.a.get("huge"):
+            self.hugetlb.add((ev.a["pfn"], ev.a["gen"]))
+
+    def _instant(self, w: _Walk, sh: Shadow) -> None:
+        """One instant of walk ``w``: what its mm maps at its address and, with
+        hugetlb, the hugetlb folios the PMD tables it may be in map there."""
+        w.seen.add(sh.translate(w.mm, w.addr))
+        if not self.hugetlb:
+            return
+        t = sh.pmd_table_of(w.mm, w.addr)
+        if t is not None:
+            w.tables.add(t)
+        idx = index(2, w.addr)
+        for t in w.tables:
+            val = sh.entries.get(t, {}).get(idx, 0)
+            if entry_present(val) and pmd_leaf(val):
+                page = (entry_pfn(val), sh.gen.get(entry_pfn(val), 0))
+                if page in self.hugetlb:
+                    w.seen.add(page)
 
     def collapse_copy(self, ev: Event, sh: Shadow) -> None:
         pages = set(ev.a["pages"])
@@ -80,13 +120,15 @@ class GupPinCheck(Check):
 
     def start(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
-        self.walks[ev.cpu] = _Walk(a["mm"], a["addr"], sh.translate(a["mm"], a["addr"]))
+        w = self.walks[ev.cpu] = _Walk(a["mm"], a["addr"], sh.translate(a["mm"], a["addr"]))
+        if self.hugetlb:
+            self._instant(w, sh)
 
     def write(self, ev: Event, sh: Shadow) -> None:
         # the state before this store is one instant of every walk in progress
         # (the state after the last store is seen at the next grab or return)
         for w in self.walks.values():
-            w.seen.add(sh.translate(w.mm, w.addr))
+            self._instant(w, sh)
 
     def grab(self, ev: Event, sh: Shadow) -> None:
         a = ev.a
@@ -99,7 +141,7 @@ class GupPinCheck(Check):
         self.grabs[ev.cpu] = ev
         w = self.walks.get(ev.cpu)
         if w is not None:
-            w.seen.add(sh.translate(w.mm, w.addr))
+            self._instant(w, sh)
 
     def put(self, ev: Event, sh: Shadow) -> None:
         self.grabs.pop(ev.cpu, None)
@@ -114,6 +156,8 @@ class GupPinCheck(Check):
         self.returned[ev.cpu] = ev
         a = ev.a
         page = (a["pfn"], a["gen"])
+        if w is not None and self.hugetlb:
+            self._instant(w, sh)
         if w is None or page in w.seen or sh.translate(w.mm, w.addr) == page:
             return
         self.report("leaked-gup-pin", (ev.cpu, ev.seq),

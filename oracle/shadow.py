@@ -142,6 +142,18 @@ class Shadow:
                 return child, self.gen.get(child, 0)
         return None
 
+    def pmd_table_of(self, mm: int, va: int) -> int | None:
+        """The PMD table the live tables of ``mm`` use for ``va``, or None."""
+        pfn = self.pgd_of_mm.get(mm)
+        for level in (4, 3):
+            if pfn is None:
+                return None
+            val = self.entries.get(pfn, {}).get(index(level, va), 0)
+            if not is_table_entry(val):
+                return None
+            pfn = entry_pfn(val)
+        return pfn
+
     def upper_entry_to(self, pfn: int) -> tuple[int, int] | None:
         """A live upper-level table entry (PMD, PUD, PGD) whose value points
         to frame ``pfn``, as (table pfn, index), or None.  A scan: only asked

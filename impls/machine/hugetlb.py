@@ -265,7 +265,8 @@ def hugetlb_no_page(cpu: Cpu, mm: Mm, vma, pmdp: Ptr, addr: int) -> Step:
         folio.mapping = mapping
         folio.index = hidx
         mapping.pages[hidx] = folio
-        m.h.emit(cpu.id, "pagecache_add", file=mapping.id, index=hidx, pfn=folio.pfn, gen=folio.gen)
+        m.h.emit(cpu.id, "pagecache_add", file=mapping.id, index=hidx, pfn=folio.pfn, gen=folio.gen,
+                 huge=True)
     else:
         folio.refcount += 1  # filemap_lock_hugetlb_folio(): the lookup's
     yield "hugetlb_fault:folio"
