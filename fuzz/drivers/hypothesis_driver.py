@@ -46,7 +46,7 @@ from impls.machine.program import Program
 from ..engine import Finding, Stats, finding_signature, iteration_seed
 from ..envs import Environment
 from ..feedback import keys_of
-from ..generate import SLOTS, GenConfig, _gen_op, _State, generate, op_weights
+from ..generate import ALL_SLOTS, SLOTS, GenConfig, _gen_op, _State, generate, op_weights
 from ..run import Lockstep, run_lockstep
 from .tape import Tape, TapeChoices
 
@@ -121,12 +121,17 @@ def generate_shrinkable(draw: HypothesisDraw, cfg: GenConfig) -> Program:
     mapped: dict[int, set[int]] = {m: set() for m in range(mms)}
     for m, start, _ in base.vmas:
         mapped[m].add(next(i for i, (s, _) in enumerate(SLOTS) if s == start))
+    # the file slots (environments with files): their VMAs and setup are the skeleton's too
+    for m, start, *_ in base.file_vmas:
+        mapped[m].add(next(i for i, (s, _) in enumerate(ALL_SLOTS) if s == start))
     touched: dict[int, set[tuple[int, int]]] = {m: set() for m in range(mms)}
     for op in base.setup:
         m = base.start[op.cpu]
-        slot = next(i for i, (s, _) in enumerate(SLOTS) if s == op.addr)
+        slot = next(i for i, (s, _) in enumerate(ALL_SLOTS) if s == op.addr)
         touched[m].update((slot, p) for p in range(op.len // 0x1000))
     st_ = _State(mapped, touched, list(base.start), set(range(mms)))
+    if "hugetlb" in cfg.files:
+        st_.hugetlb_file = cfg.files.index("hugetlb")
     weights = op_weights(cfg)
     ops = []
     for _ in range(cfg.length):
@@ -136,7 +141,7 @@ def generate_shrinkable(draw: HypothesisDraw, cfg: GenConfig) -> Program:
             draw.stop_span()
             continue
         cpu = draw.int(0, base.cpus - 1)
-        op = _gen_op(draw, st_, cpu, mms, weights, cfg.lazy_tlb, thp=cfg.thp)
+        op = _gen_op(draw, st_, cpu, mms, weights, cfg.lazy_tlb, cfg.files, cfg.thp)
         draw.stop_span()
         if op is not None:
             ops.append(op)
