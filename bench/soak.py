@@ -14,7 +14,8 @@ is judged absolutely on each strategy and compared for divergence.  Seed ``k``
 (``first-seed + k``) runs ``--programs`` programs per cell with the random
 engine, at program length ``lengths[k % len(lengths)]`` (short programs reach
 races faster, long ones reach deep states).  Every violation is minimised and
-written as a reproducer to ``--out`` (the same files ``shootdown fuzz`` writes).
+written as a reproducer to ``--out``/seed-S/ (the same files ``shootdown fuzz`` writes;
+one directory per seed, since one race found from two seeds has one file name).
 It runs on the execution layer (fuzz.execution) as ``shootdown fuzz`` does:
 ``--jobs`` local workers, or a Dask cluster (``--cluster``), with the same
 results for the same seeds.
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                f"--lengths {args.lengths} --jobs {args.jobs}" + (f" --cluster {args.cluster}" if args.cluster else "")
                + (f" --env {args.env}" if args.env else ""))
     print(f"soak: {len(cells)} cells x {args.seeds} seeds x {args.programs:,} programs, "
-          f"jobs {args.jobs}, lengths {lengths}, reproducers to {args.out}/", flush=True)
+          f"jobs {args.jobs}, lengths {lengths}, reproducers to {args.out}/seed-S/", flush=True)
     rows: dict[str, dict[int, tuple[int, int]]] = {}
     findings: list[str] = []
     cpu0, wall0 = cpu_seconds(), time.monotonic()
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         seed = args.first_seed + k
         length = lengths[k % len(lengths)]
         plan = Plan(cells, engine="random", seed=seed, length=length, jobs=args.jobs, runs=args.programs,
-                    out=args.out, minimize_attempts=args.minimize_attempts, command="bench/soak.py",
+                    out=args.out / f"seed-{seed}", minimize_attempts=args.minimize_attempts, command="bench/soak.py",
                     cluster=args.cluster)
         t = time.monotonic()
         summary = run_session(plan)

@@ -42,11 +42,15 @@ def test_soak_fails_and_writes_a_reproducer_on_a_violation(tmp_path: Path, capsy
     sys.path.insert(0, str(ROOT / "tests"))
     bad = str(ROOT / "tests" / "mutants" / "flush_mmu_free_before_flush.py")
     monkeypatch.setattr(soak, "BUILTINS", (bad,))
-    rc = soak.main(["--seeds", "1", "--programs", "40", "--jobs", "1", "--first-seed", "0",
+    rc = soak.main(["--seeds", "2", "--programs", "40", "--jobs", "1", "--first-seed", "0",
                     "--lengths", "32", "--out", str(tmp_path / "out"), "--minimize-attempts", "50"])
     out = capsys.readouterr().out
     assert rc == 1, out
-    assert list((tmp_path / "out").glob("*.yaml")), out
+    # one file per seed: the same race found from two seeds has the same name, and
+    # the second seed's file must not replace the first's
+    for seed in (0, 1):
+        assert list((tmp_path / "out" / f"seed-{seed}").glob("*.yaml")), out
+        assert f"/seed-{seed}/" in out
 
 
 def test_soak_env_filter_runs_only_those_cells(tmp_path: Path, capsys):
