@@ -267,11 +267,23 @@ class RandomChoices(Choices):
         # consecutive steps make it likelier that a whole critical section
         # executes between two steps of another CPU
         self._switch_p = switch_p
+        if type(self)._pick is not RandomChoices._pick:
+            self.pick = super().pick  # type: ignore[method-assign]
 
     def _pick(self, runnable: Sequence[int], last: int | None) -> int:
         if last is not None and last in runnable and self._rng.random() >= self._switch_p:
             return last
         return runnable[self._randbelow(len(runnable))]
+
+    def pick(self, runnable: Sequence[int], last: int | None) -> int:
+        # Choices.pick() with _pick() inlined (once per scheduler step); a
+        # subclass that overrides _pick() gets Choices.pick() (see __init__)
+        if last is not None and last in runnable and self._rng.random() >= self._switch_p:
+            agent = last
+        else:
+            agent = runnable[self._randbelow(len(runnable))]
+        self.trace_sched.append(agent)
+        return agent
 
     def _flip(self, label: str) -> bool:
         p = self._biases.get(label, 0.0)

@@ -270,13 +270,28 @@ class Machine:
             return self._run_phase_traced(choices, phase)
         cpus = self.cpus
         choices.last_label = lambda a: cpus[a].label if a >= 0 else None
-        runnable_agents = self._runnable
+        # the loop inlines _runnable() and _step() (they stay the reference:
+        # the traced loop below calls them): a step is a few microseconds, and
+        # the calls were a good part of it
+        rcu = self.rcu
+        rcu_runnable = rcu.runnable
+        rcu_step = rcu.step
+        on_step = self.P.on_step
         pick = choices.pick
-        step = self._step
+        flip = choices.flip
         max_steps = self.max_steps
         last: int | None = None
         while True:
-            runnable = runnable_agents()
+            runnable: list[int] = []
+            for c in cpus:  # _cpu_runnable(c)
+                if c.ipi and not c.irq_off:
+                    runnable.append(c.id)
+                elif c.gen is not None:
+                    wait = c.wait
+                    if wait is None or wait():
+                        runnable.append(c.id)
+            if rcu_runnable():
+                runnable.append(RCU)
             if not runnable:
                 stuck = [c for c in cpus if c.gen is not None]
                 if stuck:
@@ -289,7 +304,23 @@ class Machine:
                     continue
                 return True
             agent = pick(runnable, last)
-            step(agent, choices)
+            if agent == RCU:  # _step(agent, choices)
+                rcu_step()
+            else:
+                c = cpus[agent]
+                if on_step is not None:
+                    on_step(c)
+                gen = c.gen
+                if c.ipi and not c.irq_off and (
+                        gen is None or (c.wait is not None and not c.wait()) or not flip("irq.defer")):
+                    deliver_ipi(c)
+                else:
+                    try:
+                        c.label = next(gen)  # type: ignore[arg-type]
+                    except StopIteration:
+                        c.gen = None
+                        c.done = True
+                        c.label = "done"
             last = agent
             self.steps = steps = self.steps + 1
             if steps > max_steps:
