@@ -138,7 +138,9 @@ class Choices:
     # -- recording -------------------------------------------------------------
     def recorded(self) -> Schedule:
         """The decisions handed out so far, as a replayable :class:`Schedule`."""
-        entries = [_sched_entry(agent, len(list(run))) for agent, run in groupby(self.trace_sched)]
+        get = _entries.get  # _sched_entry(), with its cache looked up inline
+        entries = [get(key) or _sched_entry(*key)
+                   for key in [(agent, len(list(run))) for agent, run in groupby(self.trace_sched)]]
         flips = tuple(
             (label, tuple(values))
             for label, values in sorted(self.trace_flips.items())

@@ -48,7 +48,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-_new_event = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+#: ``new_event(Event, (seq, cpu, kind, attrs))``: skips NamedTuple's
+#: Python-level __new__ on the hot path (the machine's hottest emitters
+#: append ``new_event(Event, (len(events), ...))`` to ``History.events``
+#: themselves: the same event as :meth:`History.emit_attrs`)
+new_event = _new_event = tuple.__new__
 
 
 class History:

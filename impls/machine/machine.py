@@ -33,7 +33,7 @@ from . import (
 )
 from .choices import RCU, Choices, Replay
 from .cpu import Cpu, Mm, Step, Vma
-from .history import HW, History
+from .history import HW, Event, History, new_event
 from .page_alloc import DATA, FREE, TABLE, Frame, Frames
 from .pgtable import LEVEL_SHIFT, PAGE_SHIFT, entry_pfn, entry_present, garbage_entry, is_table_entry, pmd_trans_huge
 from .pgtable_generic import Ptr
@@ -124,7 +124,10 @@ class Machine:
             val = garbage_entry(f.pfn, f.gen, idx)
         else:
             val = 0
-        self.h.emit_attrs(cpu.id, "sw_read", {"pfn": f.pfn, "gen": gen, "idx": idx, "val": val, "who": who})
+        # History.emit_attrs(), inlined: the commonest event
+        events = self.h.events
+        events.append(new_event(Event, (len(events), cpu.id, "sw_read",
+                                        {"pfn": f.pfn, "gen": gen, "idx": idx, "val": val, "who": who})))
         return val
 
     def sw_touch(self, cpu: Cpu, f: Frame, gen: int, what: str) -> None:
@@ -212,15 +215,18 @@ class Machine:
     # -- running -----------------------------------------------------------------
 
     def _cpu_main(self, cpu: Cpu, ops: list[tuple[int, Op]]) -> Step:
-        h = self.h
+        events = self.h.events  # History.emit_attrs(), inlined
+        cid = cpu.id
         for i, op in ops:
             cpu.op_index = i
-            if op.kind not in ("switch", "exit"):
+            kind = op.kind
+            if kind not in ("switch", "exit"):
                 cpu.op_mm = cpu.current_mm
-            h.emit_attrs(cpu.id, "op_begin", {"op": i, "name": op.kind, "desc": _describe(op)})
-            res = yield from OPS[op.kind](cpu, op)
+            events.append(new_event(Event, (len(events), cid, "op_begin",
+                                            {"op": i, "name": kind, "desc": _describe(op)})))
+            res = yield from OPS[kind](cpu, op)
             cpu.op_mm = None
-            h.emit_attrs(cpu.id, "op_end", {"op": i, "name": op.kind, "result": res})
+            events.append(new_event(Event, (len(events), cid, "op_end", {"op": i, "name": kind, "result": res})))
             yield "op_end"
 
     @staticmethod
