@@ -246,7 +246,7 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
         for i in sorted(st.mapped[m]):
             if draw.bool(0.5):
                 pages = draw.int(1, 2)
-                setup.append(Op(cpu, "populate", addr=ALL_SLOTS[i][0], len=pages * PAGE_SIZE))
+                setup.append(_op(cpu, "populate", addr=ALL_SLOTS[i][0], len=pages * PAGE_SIZE))
                 st.touched[m].update((i, p) for p in range(pages))
     ops: list[Op] = []
     weights = op_weights(cfg)
@@ -258,6 +258,25 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
     return Program(cpus=cpus, mms=mms, platform=cfg.platform, start=tuple(start), vmas=tuple(vmas),
                    setup=tuple(setup), ops=tuple(ops), env=env, files=tuple(cfg.files),
                    file_vmas=tuple(file_vmas))
+
+
+#: the operations generated so far, by value (see _op())
+_ops: dict[tuple, Op] = {}
+
+
+def _op(cpu: int, kind: str, **kw: int | bool) -> Op:
+    """``Op(cpu, kind, **kw)``, shared: an Op is an immutable value, and a
+    generated program draws its operations from a small set (a few CPUs,
+    slots and pages), so most come back program after program; building a
+    frozen dataclass costs several times a lookup.  (The values are ints, and
+    bools for ``write``, as drawn: a key never mixes ``True`` and ``1``.)"""
+    key = (cpu, kind, *kw.items())
+    op = _ops.get(key)
+    if op is None:
+        if len(_ops) > 100_000:
+            _ops.clear()
+        op = _ops[key] = Op(cpu, kind, **kw)
+    return op
 
 
 def _page_addr(slot: int, page: int, st: _State | None = None, mm: int | None = None) -> int:
@@ -277,19 +296,19 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
     if mm is None or mm not in st.alive:
         alive = sorted(st.alive)
         if not alive:
-            return Op(cpu, "spec_walk", addr=_page_addr(0, 0))
+            return _op(cpu, "spec_walk", addr=_page_addr(0, 0))
         if thp and weights.get("khugepaged", 0) > 0 and draw.bool(0.5):
             # this kernel thread is khugepaged: scan a slot of a live mm
             target = alive[draw.int(0, len(alive) - 1)]
             slot = _target_slot(draw, st, target)
-            return Op(cpu, "khugepaged", addr=SLOTS[slot][0], mm=target)
+            return _op(cpu, "khugepaged", addr=SLOTS[slot][0], mm=target)
         # a kernel thread can only switch back to a user task, or walk speculatively
         if draw.bool(0.7):
             target = alive[draw.int(0, len(alive) - 1)]
             st.running[cpu] = target
-            return Op(cpu, "switch", mm=target)
+            return _op(cpu, "switch", mm=target)
         slot = draw.int(0, len(SLOTS) - 1)
-        return Op(cpu, "spec_walk", addr=_page_addr(slot, draw.int(0, PAGES_PER_SLOT - 1)))
+        return _op(cpu, "spec_walk", addr=_page_addr(slot, draw.int(0, PAGES_PER_SLOT - 1)))
     kind = draw.weighted(list(weights.items()))
     mapped = sorted(st.mapped[mm])
     if "hugetlb" in files and kind in _HUGETLB_AIMED:
@@ -307,20 +326,20 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         for m in st.touched:
             st.touched[m] = {t for t in st.touched[m]
                              if not (t[0] >= len(SLOTS) and first <= t[1] < first + n)}
-        return Op(cpu, "truncate", file=files.index("shmem"), offset=first * PAGE_SIZE, len=n * PAGE_SIZE)
+        return _op(cpu, "truncate", file=files.index("shmem"), offset=first * PAGE_SIZE, len=n * PAGE_SIZE)
     if kind == "revoke":
         # the device's driver revokes every mapping of it, in every mm
         dev = len(SLOTS) + FILE_SLOT_KINDS.index("device")
         for m in st.touched:
             st.touched[m] = {t for t in st.touched[m] if t[0] != dev}
-        return Op(cpu, "revoke", file=files.index("device"))
+        return _op(cpu, "revoke", file=files.index("device"))
     if kind in ("collapse", "split"):
         slot = _target_slot(draw, st, mm)
         st.hot[mm] = slot
         if kind == "collapse" and draw.bool(0.6):
             # then zap the huge PMD: zap_huge_pmd() frees the deposited table
-            st.follow[cpu] = (mm, Op(cpu, "madvise", addr=SLOTS[slot][0], len=SLOTS[slot][1]))
-        return Op(cpu, kind, addr=_page_addr(slot, draw.int(0, PAGES_PER_SLOT - 1)))
+            st.follow[cpu] = (mm, _op(cpu, "madvise", addr=SLOTS[slot][0], len=SLOTS[slot][1]))
+        return _op(cpu, kind, addr=_page_addr(slot, draw.int(0, PAGES_PER_SLOT - 1)))
     if kind == "khugepaged":
         return None  # only kernel threads run khugepaged (above)
     if kind in ("gup_fast", "pte_walk", "kvm_fault", "kvm_access", "iommu_access", "spec_walk"):
@@ -335,18 +354,18 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             slot, page = 0, 0
         if kind == "kvm_fault":
             st.touched[mm].add((slot, page))
-        return Op(cpu, kind, addr=_page_addr(slot, page, st, mm), write=kind == "gup_fast" and draw.bool(0.5))
+        return _op(cpu, kind, addr=_page_addr(slot, page, st, mm), write=kind == "gup_fast" and draw.bool(0.5))
     if kind in ("access", "populate"):
         if not mapped:
-            return Op(cpu, "mmap", addr=SLOTS[0][0], len=SLOTS[0][1]) if _map(st, mm, 0) else None
+            return _op(cpu, "mmap", addr=SLOTS[0][0], len=SLOTS[0][1]) if _map(st, mm, 0) else None
         slot = mapped[draw.int(0, len(mapped) - 1)]
         if kind == "populate":
             n = draw.int(1, PAGES_PER_SLOT)
             st.touched[mm].update((slot, p) for p in range(n))
-            return Op(cpu, "populate", addr=_page_addr(slot, 0, st, mm), len=n * PAGE_SIZE)
+            return _op(cpu, "populate", addr=_page_addr(slot, 0, st, mm), len=n * PAGE_SIZE)
         page = draw.int(0, PAGES_PER_SLOT - 1)
         st.touched[mm].add((slot, page))
-        return Op(cpu, "access", addr=_page_addr(slot, page, st, mm), write=draw.bool(0.7))
+        return _op(cpu, "access", addr=_page_addr(slot, page, st, mm), write=draw.bool(0.7))
     if kind == "munmap":
         if not mapped:
             return None
@@ -357,8 +376,8 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         if slot == 0 and 1 in st.mapped[mm] and draw.bool(0.3):
             st.mapped[mm].discard(1)
             st.touched[mm] = {t for t in st.touched[mm] if t[0] != 1}
-            return Op(cpu, "munmap", addr=SLOTS[0][0], len=2 * PMD_SIZE)
-        return Op(cpu, "munmap", addr=_page_addr(slot, 0, st, mm), len=ALL_SLOTS[slot][1])
+            return _op(cpu, "munmap", addr=SLOTS[0][0], len=2 * PMD_SIZE)
+        return _op(cpu, "munmap", addr=_page_addr(slot, 0, st, mm), len=ALL_SLOTS[slot][1])
     if kind == "mmap":
         free = [i for i in range(len(ALL_SLOTS) if files else len(SLOTS)) if i not in st.mapped[mm]
                 and (i < len(SLOTS) or FILE_SLOT_KINDS[i - len(SLOTS)] in files)]
@@ -369,8 +388,8 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         st.shift.pop((mm, slot), None)
         if slot >= len(SLOTS):
             fid = files.index(FILE_SLOT_KINDS[slot - len(SLOTS)])
-            return Op(cpu, "mmap", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1], file=fid, offset=0)
-        return Op(cpu, "mmap", addr=SLOTS[slot][0], len=SLOTS[slot][1])
+            return _op(cpu, "mmap", addr=ALL_SLOTS[slot][0], len=ALL_SLOTS[slot][1], file=fid, offset=0)
+        return _op(cpu, "mmap", addr=SLOTS[slot][0], len=SLOTS[slot][1])
     if kind == "madvise":
         if not mapped:
             return None
@@ -380,9 +399,9 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             first = draw.int(0, PAGES_PER_SLOT - 1)
             n = draw.int(1, PAGES_PER_SLOT - first)
             st.touched[mm] = {t for t in st.touched[mm] if not (t[0] == slot and first <= t[1] < first + n)}
-            return Op(cpu, "madvise", addr=_page_addr(slot, first), len=n * PAGE_SIZE)
+            return _op(cpu, "madvise", addr=_page_addr(slot, first), len=n * PAGE_SIZE)
         st.touched[mm] = {t for t in st.touched[mm] if t[0] != slot}
-        return Op(cpu, "madvise", addr=_page_addr(slot, 0, st, mm), len=ALL_SLOTS[slot][1])
+        return _op(cpu, "madvise", addr=_page_addr(slot, 0, st, mm), len=ALL_SLOTS[slot][1])
     if kind == "mremap":
         # move a whole slot's VMA to a free slot of the same kind: PMD-aligned,
         # whole PTE tables move (move_normal_pmd()); a page past an isolated
@@ -407,7 +426,7 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
         if shift:
             st.shift[(mm, dst)] = shift
         st.touched[mm] = {(dst if x == src else x, pg) for x, pg in st.touched[mm] if x != dst}
-        return Op(cpu, "mremap", addr=old, len=ALL_SLOTS[src][1], new_addr=ALL_SLOTS[dst][0] + shift)
+        return _op(cpu, "mremap", addr=old, len=ALL_SLOTS[src][1], new_addr=ALL_SLOTS[dst][0] + shift)
     if kind == "switch":
         options: list[int | None] = [m for m in sorted(st.alive) if m != mm]
         if lazy_tlb:
@@ -416,13 +435,13 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             return None
         target = options[draw.int(0, len(options) - 1)]
         st.running[cpu] = target
-        return Op(cpu, "switch", mm=target)
+        return _op(cpu, "switch", mm=target)
     if kind == "exit":
         st.alive.discard(mm)
         for c in range(len(st.running)):
             if st.running[c] == mm:
                 st.running[c] = None
-        return Op(cpu, "exit")
+        return _op(cpu, "exit")
     return None
 
 
