@@ -254,6 +254,12 @@ DEFAULT_BIASES = {
 }
 
 
+#: CPython's random.Random draws randrange(n) with _randbelow_with_getrandbits()
+#: (Lib/random.py; n.bit_length() bits, again while >= n)
+_RANDBELOW_INLINE = getattr(random.Random, "_randbelow", None) is \
+    getattr(random.Random, "_randbelow_with_getrandbits", object())
+
+
 class RandomChoices(Choices):
     """Uniform random scheduling and biased flips from a seeded private RNG."""
 
@@ -269,6 +275,10 @@ class RandomChoices(Choices):
         # consecutive steps make it likelier that a whole critical section
         # executes between two steps of another CPU
         self._switch_p = switch_p
+        self._random = self._rng.random
+        #: rng.getrandbits if rng._randbelow() is CPython's
+        #: _randbelow_with_getrandbits(), which pick() then does inline
+        self._getrandbits = self._rng.getrandbits if _RANDBELOW_INLINE else None
         if type(self)._pick is not RandomChoices._pick:
             self.pick = super().pick  # type: ignore[method-assign]
 
@@ -280,10 +290,19 @@ class RandomChoices(Choices):
     def pick(self, runnable: Sequence[int], last: int | None) -> int:
         # Choices.pick() with _pick() inlined (once per scheduler step); a
         # subclass that overrides _pick() gets Choices.pick() (see __init__)
-        if last is not None and last in runnable and self._rng.random() >= self._switch_p:
+        if last is not None and last in runnable and self._random() >= self._switch_p:
             agent = last
         else:
-            agent = runnable[self._randbelow(len(runnable))]
+            n = len(runnable)
+            getrandbits = self._getrandbits
+            if getrandbits is None:
+                agent = runnable[self._randbelow(n)]
+            else:  # Random._randbelow_with_getrandbits(n), the same draws
+                k = n.bit_length()
+                r = getrandbits(k)
+                while r >= n:
+                    r = getrandbits(k)
+                agent = runnable[r]
         self.trace_sched.append(agent)
         return agent
 
