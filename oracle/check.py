@@ -3,6 +3,8 @@ event against the shadow state before it is applied."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from impls.machine.history import History
 
 from .accounting import AccountingCheck, KernelBugCheck
@@ -36,13 +38,11 @@ def check_history(history: History) -> Verdict:
     # the shadow update comes last: checks see the state before the event
     for kind, fn in sh.updaters().items():
         dispatch.setdefault(kind, []).append(fn)
-    table = {k: tuple(v) for k, v in dispatch.items()}
-    get = table.get
+    # a kind no check handles gets its empty tuple on first sight
+    table: defaultdict[str, tuple[Handler, ...]] = defaultdict(tuple, {k: tuple(v) for k, v in dispatch.items()})
     for ev in history.events:
-        hs = get(ev[2])
-        if hs is not None:
-            for fn in hs:
-                fn(ev, sh)
+        for fn in table[ev[2]]:
+            fn(ev, sh)
     final = None
     for ev in reversed(history.events):
         if ev.kind == "final":

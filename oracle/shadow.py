@@ -31,18 +31,22 @@ from __future__ import annotations
 from impls.machine.history import Event
 from impls.machine.page_alloc import DATA, FREE, TABLE
 from impls.machine.pgtable import (
+    _INDEX_MASK,
+    _PAGE_PRESENT,
+    _PAGE_PSE,
     LEVEL_SHIFT,
     PAGE_SHIFT,
     PMD_SHIFT,
     TABLE_SPAN,
     entry_pfn,
-    entry_present,
     index,
     is_table_entry,
     pmd_leaf,
 )
 
 PSC_SHIFTS = ((1, 21), (2, 30), (3, 39))
+#: (level, shift of its index) from the PGD down, for translate()
+_WALK = tuple((level, LEVEL_SHIFT[level]) for level in (4, 3, 2, 1))
 IOMMU = -3
 
 
@@ -127,15 +131,19 @@ class Shadow:
         pfn = self.pgd_of_mm.get(mm)
         if pfn is None:
             return None
-        for level in (4, 3, 2, 1):
-            val = self.entries.get(pfn, {}).get(index(level, va), 0)
-            if not entry_present(val):
+        entries = self.entries
+        # index(), entry_present(), entry_pfn(), pmd_leaf() and
+        # is_table_entry() inlined (checks ask this a few dozen times a run)
+        for level, shift in _WALK:
+            table = entries.get(pfn)
+            val = table.get((va >> shift) & _INDEX_MASK, 0) if table is not None else 0
+            if not val & _PAGE_PRESENT:
                 return None
-            child = entry_pfn(val)
-            if level == 2 and pmd_leaf(val):
+            child = val >> PAGE_SHIFT
+            if level == 2 and val & _PAGE_PSE:
                 return child, self.gen.get(child, 0)  # a huge PMD maps the folio
             if level > 1:
-                if not is_table_entry(val) or self.state.get(child) != TABLE:
+                if val & _PAGE_PSE or self.state.get(child) != TABLE:  # not a table entry
                     return None
                 pfn = child
             else:
