@@ -279,8 +279,11 @@ class RandomChoices(Choices):
         #: rng.getrandbits if rng._randbelow() is CPython's
         #: _randbelow_with_getrandbits(), which pick() then does inline
         self._getrandbits = self._rng.getrandbits if _RANDBELOW_INLINE else None
-        if type(self)._pick is not RandomChoices._pick:
-            self.pick = super().pick  # type: ignore[method-assign]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._pick is not RandomChoices._pick and cls.pick is RandomChoices.pick:
+            cls.pick = Choices.pick  # type: ignore[method-assign]  # pick() inlines RandomChoices._pick()
 
     def _pick(self, runnable: Sequence[int], last: int | None) -> int:
         if last is not None and last in runnable and self._rng.random() >= self._switch_p:
@@ -289,7 +292,7 @@ class RandomChoices(Choices):
 
     def pick(self, runnable: Sequence[int], last: int | None) -> int:
         # Choices.pick() with _pick() inlined (once per scheduler step); a
-        # subclass that overrides _pick() gets Choices.pick() (see __init__)
+        # subclass that overrides _pick() gets Choices.pick() (__init_subclass__)
         if last is not None and last in runnable and self._random() >= self._switch_p:
             agent = last
         else:
