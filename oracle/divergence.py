@@ -17,7 +17,9 @@ observables at quiescence are compared:
   all of them.  An ``mremap`` unmaps its old range and maps at the new one
   whatever the old one held when it ran: its new range is racy; and it moves
   all of its old range or nothing (EFAULT unless one VMA covers it), so its
-  old range is racy too when another CPU may change the layout there.  With THP
+  old range is racy too when another CPU may change the layout there.  So is
+  the range of an ``mmap`` (MAP_FIXED_NOREPLACE: EEXIST if any VMA overlaps)
+  (:func:`_all_or_nothing_outcomes`).  With THP
   (``env.thp``) a page is robust only if, besides, one CPU alone touches its
   2 MiB region and its last operation there names the page with a definite
   outcome (:func:`_thp_robust`);
@@ -240,41 +242,52 @@ def _touch_facts(program: Program) -> tuple[dict, tuple | None, set[int]]:
                         last[(mm, base, cpu)] = op
     for mm, start, stop in _rmap_spans(program, per_cpu):
         named.setdefault(mm, []).append((start, stop, UNCERTAIN))
-    _mremap_outcomes(program, per_cpu, dying, named)
+    _all_or_nothing_outcomes(program, per_cpu, dying, named)
     return named, (regions, last) if regions is not None else None, dying
 
 
-def _mremap_outcomes(program: Program, per_cpu: dict, dying: set[int],
-                     named: dict[int, list[tuple[int, int, int]]]) -> None:
-    """An ``mremap`` moves its whole old range or nothing: do_mremap() fails
-    (EFAULT) unless one VMA covers the old range, and refuses a hugetlb VMA at
-    either end (EINVAL).  So whether a page of its old range ends unmapped
-    depends on the VMA layout of the *whole* range when the move runs, which
-    another CPU (or an operation whose own outcome is racy) may change by
-    touching any other page of it: then every page of the old range is racy.
-    Iterated to a fixpoint, since a range made racy here may decide another
-    move."""
-    moves = [(cpu, op, _op_mms(op, poss, dying)[0]) for cpu, ops in per_cpu.items()
-             for poss, op in ops if op.kind == "mremap"]
-    if not moves:
-        return
-    hugetlb = "hugetlb" in program.files
+def _all_or_nothing_outcomes(program: Program, per_cpu: dict, dying: set[int],
+                             named: dict[int, list[tuple[int, int, int]]]) -> None:
+    """Operations that change a whole range or nothing, decided by the VMA
+    layout of the whole range when they run: ``mremap`` fails (EFAULT) unless
+    one VMA covers its old range, ``mmap`` (MAP_FIXED_NOREPLACE) fails
+    (EEXIST) if any VMA overlaps its range, and with hugetlb files an
+    munmap/madvise/mremap/mmap that partly covers a hugetlb VMA fails (EINVAL).
+    Another CPU (or an operation whose own outcome is racy) touching any page
+    of such a range may decide the outcome for every page of it, including
+    pages only this CPU names (and which its later faults then map or not):
+    every page of the range is then racy.  Iterated to a fixpoint, since a
+    range made racy here may decide another operation."""
+    hugetlb = _hugetlb_ranges(program)
+    ops = []
+    for cpu, lst in per_cpu.items():
+        for poss, op in lst:
+            if op.kind not in ("mremap", "mmap", "munmap", "madvise"):
+                continue
+            effect = (op.addr, op.addr + op.len)
+            ranges = [effect]
+            own_new = None
+            if op.kind == "mremap":
+                own_new = (op.new_addr, op.new_addr + op.len)
+                if hugetlb:  # a hugetlb VMA another CPU maps at the destination refuses the move
+                    ranges.append(own_new)
+            always = any(lo < hi_ and lo_ < hi for lo_, hi_ in ranges for lo, hi in hugetlb)
+            if op.kind in ("munmap", "madvise") and not always:
+                continue  # page by page: each page's outcome is its own
+            ops.append((cpu, _op_mms(op, poss, dying)[0], effect, ranges, own_new, always))
     marked: set[tuple[int, int]] = set()
     changed = True
     while changed:
         changed = False
-        for i, (cpu, op, poss) in enumerate(moves):
-            ranges = [(op.addr, op.addr + op.len)]
-            if hugetlb:  # a hugetlb VMA another CPU maps at the destination refuses the move
-                ranges.append((op.new_addr, op.new_addr + op.len))
+        for i, (cpu, poss, effect, ranges, own_new, always) in enumerate(ops):
             for mm in poss:
                 if mm is None or (i, mm) in marked:
                     continue
                 spans = named.get(mm, ())
-                if any(who != cpu and a < hi and lo < b
-                       for a, b, who in spans for lo, hi in ranges
-                       if not (who == UNCERTAIN and (a, b) == (op.new_addr, op.new_addr + op.len))):
-                    named[mm].append((op.addr, op.addr + op.len, UNCERTAIN))
+                if always or any(who != cpu and a < hi and lo < b
+                                 for a, b, who in spans for lo, hi in ranges
+                                 if not (who == UNCERTAIN and (a, b) == own_new)):
+                    named.setdefault(mm, []).append((effect[0], effect[1], UNCERTAIN))
                     marked.add((i, mm))
                     changed = True
 

@@ -395,6 +395,45 @@ def test_divergence_knows_an_mremap_moves_all_or_nothing():
     assert robust_pages(alone).get((0, 0x200000)) is True
 
 
+# CPU0 maps [0x40000000, 0x40002000) and touches its first page; CPU1 maps the second
+# page alone.  MAP_FIXED_NOREPLACE: whichever comes second fails with EEXIST, so
+# 0x40000000, which only CPU0 names, is mapped at the end or not (CPU0's access
+# then takes SIGSEGV) depending on the schedule (seed 515155 of the soak).
+MMAP_VS_MMAP = """
+shootdown: 1
+platform: native
+cpus: 2
+vmas:
+  - {mm: 0, start: 0x200000, len: 0x200000}
+ops:
+  - {cpu: 0, op: mmap, addr: 0x40000000, len: 0x2000}
+  - {cpu: 0, op: access, addr: 0x40000000, write: true}
+  - {cpu: 1, op: mmap, addr: 0x40001000, len: 0x1000}
+"""
+
+
+def test_divergence_knows_an_mmap_maps_all_or_nothing():
+    from dataclasses import replace
+
+    from impls.machine.choices import SchedEntry, Schedule
+    from oracle.divergence import compare, robust_pages
+
+    prog = _program(MMAP_VS_MMAP)
+    assert robust_pages(prog).get((0, 0x40000000)) is False
+    cpu0_first = Schedule(sched=(SchedEntry(0, until="op_end"), SchedEntry(0, until="op_end"),
+                                 SchedEntry(1, until="op_end")))
+    cpu1_first = Schedule(sched=(SchedEntry(1, until="op_end"), SchedEntry(0, until="op_end"),
+                                 SchedEntry(0, until="op_end")))
+    hs = [run_program(replace(prog, schedule=s), registry.strategy("direct"), registry.platform("native")).history
+          for s in (cpu0_first, cpu1_first)]
+    finals = [next(e for e in h.events if e.kind == "final") for h in hs]
+    mapped = [{va for va, _ in f.a["mms"][0]["mapping"]} for f in finals]
+    assert (0x40000000 in mapped[0]) != (0x40000000 in mapped[1]), "the two schedules must differ"
+    assert compare(hs, prog) == []
+    alone = _program(MMAP_VS_MMAP.replace("addr: 0x40001000, len: 0x1000", "addr: 0x40100000, len: 0x1000"))
+    assert robust_pages(alone).get((0, 0x40000000)) is True
+
+
 # GUP-fast has read the PTE when the collapse clears the PMD; nothing waits for it
 # (the planted bug: no sync IPI, no PMD re-check), so it pins the page after the
 # collapse's refcount check, and the collapse copies the pinned page away.  With the
