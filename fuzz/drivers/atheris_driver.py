@@ -56,6 +56,13 @@ INPUT_MODES = ("bytes", "hypothesis")
 COVERAGE_MODES = ("behaviour", "lines", "both")
 #: synthetic counters for keys outside fuzz.feedback.all_keys() (hashed)
 SPARE_COUNTERS = 256
+#: libFuzzer's -timeout, in seconds: above anything fuzz.watchdog lets a program
+#: run (it stops and reports a hook that loops), so that the watchdog is what
+#: judges a slow input.  Not 0: atheris reads ``-timeout=0`` as "0 seconds", and
+#: its SIGALRM check then ends the process ("=== Timeout: 1s elapsed, timeout=0s
+#: ===", libFuzzer: "fuzz target exited", exit code 77) at the first input that
+#: runs longer than a second, as 128-operation THP programs do on a loaded machine.
+LIBFUZZER_TIMEOUT = 24 * 3600
 #: random inputs libFuzzer starts from
 SEED_INPUTS = 32
 
@@ -256,7 +263,7 @@ def atheris_loop(spec: Any, strategies: list[Ops], platform: Ops, env: Environme
         os.dup2(devnull, 2)
     argv = ["shootdown-atheris", f"-seed={(spec.seed * 1_000_003 + spec.worker) % (2**31 - 1) + 1}",
             "-len_control=0", f"-max_len={ml}", "-handle_int=0", "-handle_term=0", "-rss_limit_mb=0",
-            "-timeout=0", "-print_final_stats=0", "-reduce_inputs=0", f"-artifact_prefix={workdir}/", workdir]
+            f"-timeout={LIBFUZZER_TIMEOUT}", "-print_final_stats=0", "-reduce_inputs=0", f"-artifact_prefix={workdir}/", workdir]
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
     finish()  # pragma: no cover  (libFuzzer exits first)
