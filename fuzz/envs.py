@@ -16,7 +16,7 @@ from typing import Any
 
 from impls.machine.choices import DEFAULT_BIASES
 
-from .generate import DEFAULT_WEIGHTS, GenConfig
+from .generate import DEFAULT_WEIGHTS, GenConfig, op_weights
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,29 @@ class Environment:
         if not (set(self.files) & {"shmem", "device"}):
             out["rmap-zap-foreign-mm"] = "no shmem or device file mappings in this environment"
             out["truncate-unmapped-refaulted-page"] = "no shmem file mappings in this environment"
-        if not self.files or self.weights.get("mremap", 1.0) <= 0.0:
+        if "mremap" not in op_weights(self.gen_config()):
             out["moved-pte-cached-at-old-address"] = "no mremap is generated in this environment"
             out["moved-table-cached-at-old-address"] = "no mremap is generated in this environment"
         if "hugetlb" not in self.files:
             for b in ("hugetlb-pmd-shared", "walker-in-unshared-table", "hugetlb-table-fully-unshared"):
                 out[b] = "no hugetlb file mappings in this environment"
+        if not self.thp:
+            # huge PMDs of THP exist only with env.thp: the huge fault (memory.py),
+            # collapse (khugepaged.py), split (huge_memory.py) and GUP-fast's pmd_leaf()
+            # test are all behind it, and the generator draws no THP operation without
+            # it; a walker may still meet a hugetlb PMD leaf
+            hugetlb = "hugetlb" in self.files
+            for b in THP_BEHAVIOURS:
+                if not (hugetlb and b.startswith("walker-saw-")):
+                    out[b] = "no transparent huge pages in this environment"
         if self.choice_biases().get("alloc_fails:mmu_table_batch", 0.0) <= 0.0:
             out["table-batch-alloc-failed"] = "table-batch allocations never fail here"
         return out
 
+
+#: the behaviours that need a huge PMD (Environment.thp)
+THP_BEHAVIOURS = ("thp-fault-huge", "thp-collapsed", "walker-mid-walk-at-collapse", "collapse-refused-pinned",
+                  "walker-saw-huge-pmd", "walker-saw-split-pmd", "huge-pmd-split", "deposited-table-freed")
 
 _NO_RCU_WALKERS = {"pte_walk": 0.0}
 _NO_BATCH_FAIL = {"alloc_fails:mmu_table_batch": 0.0}
