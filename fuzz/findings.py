@@ -7,8 +7,9 @@ replays it.  Its ``expect:`` header holds what ``shootdown run`` will print for
 it: the failing strategy with its checks, and the verdicts of the other
 strategies of the lockstep on the same program and schedule.
 
-Deduplication key: the finding signature (``strategy|Violation.signature()``,
-kept in the ``signature:`` header) plus the platform and environment knobs of
+Deduplication key: the finding signature (``strategy|race_key``, the check
+and the kernel functions on each side, fuzz.engine.finding_signature; kept in
+the ``signature:`` header) plus the platform and environment knobs of
 the program, so the same race on another platform is a new file.
 """
 

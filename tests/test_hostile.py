@@ -9,6 +9,7 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,28 @@ def test_alias_bomb_is_refused_within_bounded_memory(tmp_path):
     line), not expanded (MemoryError or the OOM killer)."""
     f = tmp_path / "bomb.yaml"
     f.write_text(alias_bomb())
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run([sys.executable, "-m", "fuzz", "run", str(f)], capture_output=True, text=True,
                        preexec_fn=limited(1 << 30), cwd=ROOT, timeout=600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert p.returncode == 2, p.stderr[-2000:]
     line = one_line_error(p.stderr)
     assert f"{f}:2:" in line and "anchors" in line
+    # a hang guard, not a benchmark: the whole process, interpreter start
+    # included, takes about 0.3 CPU s (bench/loader.py)
+    assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 30
+
+
+def test_alias_bomb_is_refused_in_under_a_second():
+    """The refusal comes before any expansion: reading the bomb costs about a
+    millisecond of CPU (bench/loader.py), so one CPU second is a thousandfold
+    margin, not a timing assumption.  Before issue 13 the line-number walk
+    expanded it until the process ran out of memory."""
+    text = alias_bomb()
+    t0 = time.process_time()
+    with pytest.raises(corpus.CorpusError, match="anchors"):
+        corpus.parse(text, "bomb.yaml")
+    assert time.process_time() - t0 < 1.0
 
 
 @pytest.mark.parametrize("text, line, what", [

@@ -66,6 +66,26 @@ def test_the_same_race_with_and_without_reuse_is_one_finding():
     assert findings_of(res2, p2, stats, 0, env) == []                    # the same bug: not a second finding
 
 
+def test_a_second_run_that_finds_the_same_race_writes_no_second_file(tmp_path):
+    """Issue 13: a second run into the same directory wrote ...-direct-2.yaml
+    for the race of ...-direct.yaml (its witness differed: the table freed,
+    then freed and reused).  The file written first is the reproducer; the
+    second finding is its duplicate."""
+    from fuzz import findings
+    direct, xen = registry.strategy("direct"), registry.platform("xen-pv")
+    reused_src = XENFLUSH.read_text()
+    freed_src = reused_src.replace("  - {cpu: 0, op: access, addr: 0x600000, write: true}\n", "")
+    written = []
+    for src in (freed_src, reused_src):                  # two runs, two witnesses of one race
+        program, _, v = _uaf(src)
+        lit, stem = findings.build_litmus(program, direct, [direct], xen, v, finding_signature("direct", v),
+                                          "xen-pv", "a test", tmp_path)
+        written.append(findings.write(lit, stem, tmp_path, findings.existing(tmp_path)))
+    first, second = written
+    assert first.path is not None and second.path is None and second.duplicate_of == first.path
+    assert [p.name for p in tmp_path.glob("*.yaml")] == [first.path.name]
+
+
 def test_different_readers_are_different_races():
     a = triage.race_key(_uaf(XENFLUSH.read_text())[2])
     lit = corpus.load(ROOT / "corpus" / "ptewalk+madvise+ptreclaim+batchfail.yaml")
