@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -245,7 +247,9 @@ def test_run_exhaustive_xenflush_bound_1(tmp_path: Path, capsys):
     assert out.count("no violation in all") == 2
     repro = list(tmp_path.glob("*.yaml"))
     assert len(repro) == 1
-    assert main(["explain", str(repro[0])]) == EXIT_VIOLATION or True
+    capsys.readouterr()
+    assert main(["explain", str(repro[0])]) == EXIT_VIOLATION           # drawable, like any finding
+    assert "U table-uaf  (as expected)" in capsys.readouterr().out
     lit = corpus.load(repro[0])
     res = run_program(lit.program, registry.strategy("direct"), registry.platform("xen-pv"))
     assert "table-uaf" in res.verdict.checks()
@@ -268,6 +272,11 @@ def test_must_show_xenflush_default_bound(tmp_path: Path, capsys):
     assert rc == EXIT_VIOLATION
     assert "direct    U  table-uaf" in out
     assert out.count("no violation in all") == 2 and "bound 2 preemption(s)" in out
+    # the README shows this command's semi-rcu line (all but the CPU time)
+    readme = (ROOT / "README.md").read_text()
+    sample = re.search(r"semi-rcu  S  \(as expected\)\n +(no violation in all \d+ executions [^\n]*?), [\d.]+s\)",
+                       readme)
+    assert sample and sample.group(1) in out
 
 
 # -- matrix --exhaustive ---------------------------------------------------------------------
