@@ -28,12 +28,14 @@ demo: $(STAMP) ## replay every litmus program of corpus/ on the three built-in s
 		$(BIN)/shootdown run -q --trust-plugins-under . "$$f"; echo; done; true
 
 FUZZ_SECONDS ?= 240
+# FUZZ_RUNS=N: N programs per cell instead of FUZZ_SECONDS (a reproducible, load-independent run)
+FUZZ_RUNS ?=
 STRATEGY ?=
 # JUNIT=report.xml: also write a JUnit XML report (make fuzz, make matrix)
 JUNIT ?=
 .PHONY: fuzz
 fuzz: $(STAMP) ## canary, then each strategy on its SAFE_ON envs for FUZZ_SECONDS (STRATEGY=file.py: yours)
-	$(BIN)/shootdown fuzz --safe-on --budget $(FUZZ_SECONDS) $(if $(STRATEGY),--strategy-file $(STRATEGY)) $(if $(JUNIT),--junit $(JUNIT))
+	$(BIN)/shootdown fuzz --safe-on $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS),--budget $(FUZZ_SECONDS)) $(if $(STRATEGY),--strategy-file $(STRATEGY)) $(if $(JUNIT),--junit $(JUNIT))
 
 # worker-seconds per cell: the S cells use the whole budget, so make matrix takes about
 # (S cells x budget) / jobs + ~20 s (48 cells, 36 S, took 9:18 at 30 s: 540 s + 18 s).

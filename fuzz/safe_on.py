@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import sys
 from pathlib import Path
 
+from . import junit
 from .cli import UsageError, resolve_strategies
 from .envs import ENVIRONMENTS
 from .session import CellSpec, Plan, run_session
@@ -108,11 +110,17 @@ def run_safe_on(args: argparse.Namespace) -> int:
                          "drop --platform/--env")
     strategies = resolve_strategies(args.strategy, args.strategy_file)
     cells = safe_on_cells(strategies)
+    plan = plan_from_args(args, cells)            # checks --out and --junit before any work
     ok, msg = canary(args.canary_runs, args.length, 1, tuple(args.canary or CANARIES))
     if not ok:
         print(msg)  # noqa: T201  (the CLI layer: make fuzz prints the canary verdict)
+        if args.junit:
+            # CI must see the run fail, not a missing report
+            case = junit.Case("shootdown.fuzz.canary", "canary",
+                              errors=[junit.Problem(msg.splitlines()[0][:200], "canary", msg)])
+            junit.write(args.junit, [junit.Suite("shootdown fuzz --safe-on", [case])])
+            print(f"shootdown: JUnit report written to {args.junit}", file=sys.stderr)  # noqa: T201
         return 1
-    plan = plan_from_args(args, cells)
     plan.command = "shootdown fuzz --safe-on"
     lines = [msg, "cells (environment: the strategies claiming it):"]
     lines += [f"  {c.env}: {', '.join(Path(s).name if s.endswith('.py') else s for s in c.strategies)}"

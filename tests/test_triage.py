@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -290,6 +291,37 @@ def test_matrix_writes_junit_xml_one_case_per_cell(capsys, tmp_path):
 def test_make_fuzz_passes_junit():
     out = subprocess.run(["make", "-n", "fuzz", "JUNIT=build/j.xml"], capture_output=True, text=True, cwd=ROOT).stdout
     assert "--junit build/j.xml" in out and "--safe-on" in out
+    out = subprocess.run(["make", "-n", "fuzz", "FUZZ_RUNS=3"], capture_output=True, text=True, cwd=ROOT).stdout
+    assert "--runs 3" in out and "--budget" not in out
+
+
+def test_make_fuzz_writes_valid_junit_xml(tmp_path):
+    """The must-show itself: `make fuzz JUNIT=...` (canary, then every SAFE_ON
+    cell of the built-ins; one program per cell) writes a report CI reads."""
+    from fuzz.cli import resolve_strategies
+    from fuzz.safe_on import safe_on_cells
+    report = tmp_path / "ci" / "junit.xml"
+    p = subprocess.run(["make", "-o", ".venv/.installed", "fuzz", f"BIN={Path(sys.executable).parent}",
+                        "FUZZ_RUNS=1", f"JUNIT={report}"], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "canary: planted bug" in p.stdout
+    root = validate_junit(report)
+    cells = safe_on_cells(resolve_strategies(None, None))
+    cases = root.findall(".//testcase")
+    assert sorted(c.get("classname") for c in cases) == sorted(f"shootdown.fuzz.{c.env}" for c in cells)
+    assert root.get("failures") == "0" and root.get("errors") == "0"
+
+
+def test_a_failed_canary_is_in_the_junit_report(capsys, tmp_path, monkeypatch):
+    """make fuzz stops when its canary is not found: CI must see a failed
+    report, not a missing one."""
+    import fuzz.safe_on
+    monkeypatch.setattr(fuzz.safe_on, "canary", lambda *a, **k: (False, "CANARY FAILED: the planted bug x"))
+    report = tmp_path / "j.xml"
+    code, out, err = run(capsys, "fuzz", "--safe-on", "--runs", "1", "--no-write", "--junit", str(report))
+    assert code == 1 and "CANARY FAILED" in out
+    root = validate_junit(report)
+    assert root.get("errors") == "1" and root.find(".//error").get("type") == "canary"
 
 
 def test_junit_escapes_and_counts():
