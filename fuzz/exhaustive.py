@@ -48,7 +48,7 @@ from typing import Any
 from impls.machine.choices import Choices, Schedule
 from impls.machine.footprint import Footprint, Tracer
 from impls.machine.machine import DEFAULT_MAX_STEPS, Machine
-from impls.machine.plugin import Ops
+from impls.machine.plugin import Ops, PluginFailure, blame
 from impls.machine.program import Program
 from oracle import Verdict, check_history
 
@@ -351,6 +351,11 @@ class Explorer:
         except _Prune:
             m.release()
             return None
+        except (Exception, SystemExit) as e:
+            failure = blame(e, [self.strategy, self.platform])   # a plug-in's code raised: its error
+            if failure is None:
+                raise
+            raise failure from e
         finally:
             self.tracer.off()
         m.release()
@@ -560,8 +565,8 @@ class ExhaustiveUnit:
         try:
             r = explore(self.program, strategies[0], platform, self.preemptions, self.choices, self.reduce,
                         budget_s=self.budget, should_stop=should_stop, flip_allowed=allowed)
-        except (KeyboardInterrupt, SystemExit):
-            raise
+        except (KeyboardInterrupt, SystemExit, PluginFailure):
+            raise                  # a plug-in's failure: fuzz.work.run_unit reports it as such
         except Exception:
             out.crash = f"exploring a program:\n{traceback.format_exc()}"
             return out

@@ -89,7 +89,7 @@ from typing import Any
 
 from impls import registry
 from impls.machine.choices import Choices
-from impls.machine.plugin import Ops, PluginFailure
+from impls.machine.plugin import Ops, PluginError, PluginFailure
 from impls.machine.program import Program
 from oracle.behaviours import BEHAVIOURS
 
@@ -104,7 +104,17 @@ from .generate import BytesDraw, GenConfig, generate
 from .minimize import DEFAULT_ATTEMPTS, size_of
 from .run import Lockstep, run_lockstep, run_program
 from .watchdog import WATCHDOG, WATCHDOG_SECONDS
-from .work import MinimizeResult, MinimizeUnit, Plugin, Result, code_version, make_cell, materialise, plugin_ref
+from .work import (
+    MinimizeResult,
+    MinimizeUnit,
+    Plugin,
+    Result,
+    code_version,
+    local_paths,
+    make_cell,
+    materialise,
+    plugin_ref,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the packages whose coverage guides the search and is reported
@@ -491,6 +501,10 @@ class Worker:
         try:
             program, choices = decode(data, target)
             res = run_lockstep(program, self.strategies, target.platform, choices)
+        except PluginFailure:
+            if trace:
+                self.tracer.stop()
+            raise                  # a plug-in's code raised: its error (exit 2), not the simulator's crash
         except Exception as e:  # the simulator crashed: a finding of its own, never hidden
             if trace:
                 self.known_arcs.update(self.tracer.stop())
@@ -498,8 +512,6 @@ class Worker:
             tb = traceback.extract_tb(e.__traceback__)
             where = f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
             name = type(e).__name__
-            if isinstance(e, PluginFailure):  # a plug-in's code raised: where in the plug-in
-                name, where = e.error, f"{Path(e.path).name}:{e.line}"
             out.crashes.append(Crash(i, target.name, data, f"{name} at {where}: {e}",
                                      traceback.format_exc(), clock()))
             return
@@ -960,7 +972,8 @@ class Exploration:
         """Rewrite the finding's file with the minimised program; False if it
         did not replay (it stays raw, with the reason)."""
         if res.program is None:
-            why = res.unreplayable or res.error or res.crash or (f"watchdog: {res.watchdog}" if res.watchdog else "?")
+            why = (res.plugin_failure or res.unreplayable or res.error or res.crash
+                   or (f"watchdog: {res.watchdog}" if res.watchdog else "?"))
             f["minimise"] = {"error": why.strip()[:300], "seconds": round(res.seconds, 1)}
             return False
         target = self.by_name[f["target"]]
@@ -1213,6 +1226,8 @@ class _Batches:
                                              if p.is_file], *unit.hub)}, w
 
     def absorb(self, w: int, res: ExploreResult) -> None:
+        if res.plugin_failure:
+            raise PluginError(local_paths(res.plugin_failure))
         if res.error or res.crash:
             raise ExploreError(f"a worker failed: {(res.error or res.crash or '').strip().splitlines()[-1]}")
         assert self.batch is not None

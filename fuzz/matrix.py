@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from impls import registry
-from impls.machine.plugin import Ops
+from impls.machine.plugin import Ops, PluginError
 from impls.machine.program import Program
 from oracle.verdict import CHECKS
 
@@ -52,7 +52,7 @@ from .engine import PCT_DEPTH, Finding, Stats, finding_signature, pct_guarantee,
 from .envs import ENVIRONMENTS, Environment
 from .execution import Executor, drive, executor
 from .minimize import DEFAULT_ATTEMPTS
-from .work import FuzzResult, FuzzUnit, MinimizeResult, MinimizeUnit, make_cell, position
+from .work import FuzzResult, FuzzUnit, MinimizeResult, MinimizeUnit, local_paths, make_cell, position
 
 #: programs per engine before switching to the other one
 CHUNK = 16
@@ -201,6 +201,8 @@ class _MCell:
         self.best: tuple[int, Finding] | None = None
         self.closed = False
         self.failure: str | None = None
+        #: a strategy or platform file's code raised: the matrix stops with its error (exit 2)
+        self.plugin_failure: str | None = None
         self.minimising = False
         self.minimised: MinimizeResult | None = None
         self.result: Cell | None = None
@@ -252,6 +254,9 @@ class _MCell:
     def absorb(self, unit: Any, res: Any) -> None:
         self.inflight -= 1
         self.used += res.seconds
+        if res.plugin_failure:
+            self.failure = self.plugin_failure = res.plugin_failure
+            return
         if res.error or res.crash or res.watchdog:
             self.failure = res.error or res.crash or f"watchdog: {res.watchdog}"
             return
@@ -420,6 +425,8 @@ class _Matrix:
             m = tag[1]
             m.minimising = False
             m.minimised = result
+            if result.plugin_failure:
+                m.failure = m.plugin_failure = result.plugin_failure
         else:
             tag[1].absorb(tag[2], result)
         self._settle()
@@ -447,6 +454,8 @@ class _Matrix:
         while self.write_cursor < len(self.cells) and self._ready(self.cells[self.write_cursor]):
             m = self.cells[self.write_cursor]
             self.write_cursor += 1
+            if m.plugin_failure is not None:
+                raise PluginError(local_paths(m.plugin_failure))
             if m.failure is not None:
                 raise MatrixError(f"{m.spec.strategy} @ {m.spec.env}: {m.failure.strip().splitlines()[-1]}")
             cell = m.summarise()

@@ -47,7 +47,7 @@ from .envs import Environment, environment
 from .execution import Executor, default_jobs, drive, executor
 from .minimize import DEFAULT_ATTEMPTS, size_of
 from .watchdog import WATCHDOG_SECONDS
-from .work import Cell, FuzzResult, FuzzUnit, MinimizeResult, MinimizeUnit, make_cell
+from .work import Cell, FuzzResult, FuzzUnit, MinimizeResult, MinimizeUnit, local_paths, make_cell
 
 #: the benchmark's choice (bench/engines.py): see ARCHITECTURE.md / the fuzz command's help
 DEFAULT_ENGINE = "random"
@@ -205,6 +205,9 @@ class Summary:
 
     #: the baseline strategy of a base-vs-patch session ("" if none)
     baseline: str = ""
+    #: a strategy or platform file's code raised (fuzz.work.Result.plugin_failure):
+    #: the session stopped; that file's error, not a finding or a crash
+    plugin_failures: list[str] = field(default_factory=list)
 
     def reported(self) -> list[FindingReport]:
         return [f for c in self.cells for f in c.findings if f.counted]
@@ -233,9 +236,12 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """1 for a violation (with a baseline: for a regression only), a crash
+        """2 if a plug-in's code failed (bad input: nothing else is judged);
+        1 for a violation (with a baseline: for a regression only), a crash
         of the simulator or an unreplayable divergence; 130 if interrupted
         with nothing found; else 0."""
+        if self.plugin_failures:
+            return 2
         found = self.regressions if self.baseline else self.violations
         if found or self.crashes or self.unreplayable:
             return 1
@@ -497,7 +503,16 @@ class Session:
             self.fatal = True
         self._write_ready()
 
+    def _plugin_failed(self, res: Any) -> bool:
+        if res.plugin_failure:
+            self.summary.plugin_failures.append(local_paths(res.plugin_failure))
+            self.fatal = True
+            return True
+        return False
+
     def _fuzzed(self, c: _CellRun, unit: FuzzUnit, res: FuzzResult) -> None:
+        if self._plugin_failed(res):
+            return
         if res.error:
             c.report.crashes.append(res.error)
             self.fatal = True
@@ -543,6 +558,8 @@ class Session:
     def _minimised(self, c: _CellRun, cand: _Candidate, res: MinimizeResult) -> None:
         cand.minimising = False
         cand.minimised = res
+        if self._plugin_failed(res):
+            return
         if res.watchdog:
             c.report.watchdogs.append({**res.watchdog, "while": "minimising",
                                        "iteration": cand.finding.iteration, "seed": cand.finding.seed})

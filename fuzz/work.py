@@ -51,7 +51,7 @@ from typing import Any
 
 from impls import registry
 from impls.machine.choices import Replay
-from impls.machine.plugin import LOAD_RECORDERS, Ops, PluginError
+from impls.machine.plugin import LOAD_RECORDERS, Ops, PluginError, PluginFailure
 from impls.machine.program import Program
 
 from .engine import (
@@ -152,8 +152,24 @@ def bundle_file(kind: str, path: str | Path) -> Bundle:
     main = Path(path).resolve()
     files = [main] + [p for p in dict.fromkeys(rec) if p != main]
     root = Path(os.path.commonpath([str(p.parent) for p in files]))
-    return Bundle(main.relative_to(root).as_posix(),
-                  tuple((p.relative_to(root).as_posix(), p.read_bytes()) for p in files))
+    b = Bundle(main.relative_to(root).as_posix(),
+               tuple((p.relative_to(root).as_posix(), p.read_bytes()) for p in files))
+    _ORIGINS[b.digest[:32]] = root
+    return b
+
+
+#: digest prefix of each bundle made in this process -> the directory its files came from
+_ORIGINS: dict[str, Path] = {}
+
+
+def local_paths(text: str) -> str:
+    """``text`` (a worker's message) with the paths of materialised plug-in
+    copies (``$TMPDIR/shootdown-plugins-UID/DIGEST/...``) replaced by the
+    files the user named, for the bundles made in this process."""
+    for d, root in _ORIGINS.items():
+        for base in {Path(tempfile.gettempdir()), Path(tempfile.gettempdir()).resolve()}:
+            text = text.replace(f"{base / f'shootdown-plugins-{os.getuid()}' / d}{os.sep}", f"{root}{os.sep}")
+    return text
 
 
 def plugin_ref(kind: str, spec: str, blobs: dict[str, Any] | None = None) -> Plugin:
@@ -255,6 +271,9 @@ class Result:
     watchdog: dict[str, Any] | None = None
     #: the unit could not run at all (wrong code version, a plug-in that does not load)
     error: str | None = None
+    #: a strategy or platform file's code raised or called sys.exit() (PluginFailure):
+    #: that file's error, one line with its file and line, never the simulator's crash
+    plugin_failure: str | None = None
 
 
 def run_unit(unit: Any, blobs: dict[str, Any], should_stop: Callable[[], bool] = lambda: False) -> Any:
@@ -269,6 +288,9 @@ def run_unit(unit: Any, blobs: dict[str, Any], should_stop: Callable[[], bool] =
     else:
         try:
             res = unit.run(blobs, should_stop)
+        except PluginFailure as e:
+            res = unit.empty_result()
+            res.plugin_failure = str(e)
         except PluginError as e:
             res = unit.empty_result()
             res.error = str(e)
@@ -364,8 +386,8 @@ class FuzzUnit:
             out.watchdog = {**watchdog_report(e.__traceback__, strategies, platform), "position": pos,
                             "engine": eng, "iteration": it, "seed": self.seed,
                             "iteration_seed": iteration_seed(self.seed, it) if eng in SEEDED_ENGINES else None}
-        except (KeyboardInterrupt, SystemExit):
-            raise
+        except (KeyboardInterrupt, SystemExit, PluginFailure):
+            raise                  # a plug-in's failure: run_unit reports it as such
         except Exception:
             eng, it = position(where[0], self.engines, self.chunk, self.nseeds)
             out.crash = f"{eng} seed {self.seed}, iteration {it}:\n{traceback.format_exc()}"
@@ -502,8 +524,8 @@ class MinimizeUnit:
         except HookTimeout as e:
             out.watchdog = watchdog_report(e.__traceback__, strategies, platform)
             return out
-        except (KeyboardInterrupt, SystemExit):
-            raise
+        except (KeyboardInterrupt, SystemExit, PluginFailure):
+            raise                  # a plug-in's failure: run_unit reports it as such
         except Exception:
             out.crash = f"minimising a finding:\n{traceback.format_exc()}"
             return out

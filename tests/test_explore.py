@@ -156,7 +156,7 @@ def test_a_later_session_minimises_what_was_left(tmp_path):
 
 
 CRASHY = """\
-\"\"\"A strategy whose PUD-table free raises: the simulator crashing.\"\"\"
+\"\"\"A strategy file whose PUD-table free raises: that plug-in's error.\"\"\"
 from impls.native import mmu_gather as _native
 
 NAME = "crashy"
@@ -171,18 +171,37 @@ def pud_free_tlb(tlb, pud, address):
 """
 
 
-def test_a_crash_of_the_simulator_is_kept_not_hidden(tmp_path):
-    strategy = tmp_path / "crashy.py"
-    strategy.write_text(CRASHY)
+def test_a_crash_of_the_simulator_is_kept_not_hidden(tmp_path, monkeypatch):
+    """A built-in's code raising is the simulator crashing (a plug-in file's is
+    that file's error: the next test)."""
+    def pud_free_tlb(tlb, pud, address):
+        raise RuntimeError("planted crash")
+        yield
+
+    monkeypatch.setattr(registry.strategy("direct"), "pud_free_tlb", pud_free_tlb)
     d = tmp_path / "out"
-    s = explore.explore(d, [str(strategy)], [("native", "native")], runs=32, arcs=False, report=False)
+    s = explore.explore(d, ["direct"], [("native", "native")], runs=32, arcs=False, report=False)
     assert s.session_programs == 32                      # the exploration went on
     assert len(s.crashes) == 1                           # the same crash, once
     c = s.crashes[0]
-    assert c["error"].startswith("RuntimeError at crashy.py:") and "planted crash" in c["error"]
+    assert c["error"].startswith("RuntimeError at test_explore.py:") and "planted crash" in c["error"]
     assert (d / "crashes" / f"{c['input']}.bin").exists()
     assert "planted crash" in (d / "crashes" / f"{c['input']}.txt").read_text()
     assert "### Crashes of the simulator" in explore.render_report(d, state(d))
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_plugin_that_raises_is_its_error_not_a_crash(tmp_path, capsys, jobs):
+    """Issue 13: a strategy file's hook that raises is that plug-in's error,
+    with its file and line (not the worker's copy of it), exit 2."""
+    strategy = tmp_path / "crashy.py"
+    strategy.write_text(CRASHY)
+    code = main(["explore", "--strategy-file", str(strategy), "--env", "native", "--runs", "32",
+                 "--jobs", jobs, "--dir", str(tmp_path / "out"), "--no-arcs"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (f"shootdown: error: {strategy}:11: strategy 'crashy': pud_free_tlb() raised "
+                           "RuntimeError: planted crash")
 
 
 # -- the report, through the command line ------------------------------------------------------------

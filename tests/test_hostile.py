@@ -284,6 +284,28 @@ def test_a_hook_that_fails_is_that_plugins_error(capsys, tmp_path, body, what):
     assert f"{f}:10: strategy 'failing': {what}" in msg
 
 
+@pytest.mark.parametrize("argv", [
+    ["run", IPI, "--exhaustive", "--preemptions", "1"],
+    ["fuzz", "--env", "native", "--runs", "5", "--jobs", "1", "--no-write"],
+    ["fuzz", "--env", "native", "--runs", "5", "--jobs", "2", "--no-write"],     # in worker processes
+    ["matrix", "--env", "native", "--runs", "5", "--jobs", "1", "--out", "{tmp}/m"],
+    ["matrix", "--exhaustive", "--env", "native", "--programs", "1", "--jobs", "1", "--out", "{tmp}/m"],
+], ids=["run-exhaustive", "fuzz", "fuzz-jobs-2", "matrix", "matrix-exhaustive"])
+@pytest.mark.parametrize("body, what", [
+    ('raise RuntimeError("planted")', "pte_free_tlb() raised RuntimeError: planted"),
+    ("import sys; sys.exit(3)", "pte_free_tlb() called sys.exit(3)"),
+], ids=["raises", "sys-exit"])
+def test_a_failing_hook_is_the_plugins_error_in_every_command(capsys, tmp_path, argv, body, what):
+    """Not only under `run`: a campaign stops with the plug-in's one-line error
+    naming the user's file (not a worker's copy of it) and exit 2; it used to
+    count as a CRASH of the simulator (exit 1) with a traceback."""
+    f = tmp_path / "failing.py"
+    f.write_text(HOOK.format(body=body))
+    code, out, err = run(capsys, *[a.format(tmp=tmp_path) for a in argv], "--strategy-file", str(f))
+    assert code == 2, out + err
+    assert f"{f}:10: strategy 'failing': {what}" in one_line_error(err)
+
+
 def test_sys_exit_at_import_is_the_plugins_error(capsys, tmp_path):
     f = tmp_path / "exits.py"
     f.write_text('NAME = "x"\nimport sys\nsys.exit(3)\n')

@@ -32,6 +32,7 @@ from fuzz.session import (
 )
 from fuzz.watchdog import WATCHDOG_SECONDS
 from impls import registry
+from impls.machine.plugin import PluginError
 from oracle.behaviours import BEHAVIOURS
 
 
@@ -362,6 +363,14 @@ def execute(plan: Plan, fmt: str = "text", header: str | None = None, junit_path
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
         progress.clear()
+    if summary.plugin_failures:
+        # a strategy or platform file's code raised: that file's error (exit 2), not a
+        # finding or a crash of the simulator; nothing else of the session is judged
+        if junit_path:
+            msg = summary.plugin_failures[0]
+            case = junit.Case("shootdown.fuzz.plugin", "plug-in", errors=[junit.Problem(msg[:200], "plug-in", msg)])
+            junit.write(junit_path, [junit.Suite("shootdown fuzz", [case])])
+        raise PluginError(summary.plugin_failures[0])
     if fmt == "json":
         data = summary_json(summary)
         if header:
