@@ -466,6 +466,14 @@ class _Matrix:
             if self.progress:
                 self.progress(self.reported, len(self.cells), cell)
 
+    def status(self) -> str:
+        """One line for a log: cells done, and the ones being worked on."""
+        busy = [f"{m.spec.strategy} @ {m.spec.env}" for m in self.cells
+                if m.result is None and (m.inflight or m.minimising)]
+        more = f" (+{len(busy) - 4} more)" if len(busy) > 4 else ""
+        return (f"{self.reported}/{len(self.cells)} cells done"
+                + (f"; working on {', '.join(busy[:4])}{more}" if busy else ""))
+
     def finished(self) -> bool:
         for m in self.cells:  # a cell with nothing left to issue and nothing in flight is closed
             if not m.closed and m.inflight == 0 and (m.out_of_budget() or m.failure):
@@ -481,16 +489,18 @@ def fuzz_cell(spec: CellSpec) -> Cell:
 
 def run_matrix(specs: Sequence[CellSpec], jobs: int = 1,
                progress: Callable[[int, int, Cell], None] | None = None, cluster: str | None = None,
-               ex: Executor | None = None) -> list[Cell]:
+               ex: Executor | None = None, heartbeat: Callable[[str], None] | None = None) -> list[Cell]:
     """Fuzz every cell through the execution layer (``jobs`` local workers, or
     a Dask cluster); the result is in the order of ``specs`` and, with a
-    program budget (``runs``), the same for every ``jobs`` and cluster."""
+    program budget (``runs``), the same for every ``jobs`` and cluster.
+    ``heartbeat`` is given the matrix's status line as the work goes on
+    (fuzz.report.PeriodicProgress prints one every 30 s)."""
     m = _Matrix(specs, progress)
     own = ex is None
     ex = ex if ex is not None else executor(jobs, cluster)
     m.capacity = ex.capacity()
     try:
-        drive(ex, m)
+        drive(ex, m, tick=(lambda: heartbeat(m.status())) if heartbeat is not None else None)
     finally:
         if own:
             ex.close()

@@ -358,3 +358,21 @@ def test_fuzz_without_a_terminal_prints_progress_lines(capsys, monkeypatch):
     assert code == 0
     lines = [ln for ln in err.splitlines() if ln.startswith("[+")]
     assert lines and "programs" in lines[-1] and "\r" not in err
+
+
+def test_matrix_without_a_terminal_prints_status_lines(capsys, monkeypatch, tmp_path):
+    """A matrix cell's budget can be long: without a terminal a status line
+    comes every PROGRESS_EVERY seconds (here: at every look), not only when a
+    cell ends."""
+    import fuzz.report
+    monkeypatch.setattr(fuzz.report, "PROGRESS_EVERY", 0.0)
+    code, out, err = run(capsys, "matrix", "--strategy", "full-rcu", "--env", "native", "--runs", "20",
+                         "--jobs", "1", "--out", str(tmp_path))
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if ln.startswith("[+")]
+    assert lines and all("cells done" in ln for ln in lines)
+    assert any("0/1 cells done" in ln for ln in lines)
+    from fuzz.matrix import CellSpec, _Matrix
+    m = _Matrix([CellSpec("full-rcu", "native"), CellSpec("direct", "xen-pv")], None)
+    m.cells[1].inflight = 1
+    assert m.status() == "0/2 cells done; working on direct @ xen-pv"

@@ -33,6 +33,7 @@ from fuzz.engine import PCT_DEPTH, SEEDED_ENGINES
 from fuzz.envs import ENVIRONMENTS
 from fuzz.execution import ExecutionError, check_jobs, default_jobs
 from fuzz.minimize import DEFAULT_ATTEMPTS
+from fuzz.report import PeriodicProgress
 from impls import registry
 
 DEFAULT_BUDGET = 10.0
@@ -113,7 +114,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
     old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        cells_ordered = matrix.run_matrix(ordered, jobs, progress, cluster=args.cluster)
+        # a line per settled cell, and without a terminal a status line every 30 s:
+        # a cell's budget can be long, and a stuck run must not look like a slow one
+        heartbeat = None if quiet or sys.stderr.isatty() else PeriodicProgress()
+        cells_ordered = matrix.run_matrix(ordered, jobs, progress, cluster=args.cluster, heartbeat=heartbeat)
     except ExecutionError as e:
         raise UsageError(str(e)) from None
     except matrix.MatrixError as e:
