@@ -130,6 +130,8 @@ def test_impossible_behaviours_follow_the_knobs_and_the_platform():
     assert moved <= set(native) and moved <= set(ENVIRONMENTS["native+thp"].impossible_behaviours(
         registry.platform("native")))
     assert not moved & set(ENVIRONMENTS["native+file"].impossible_behaviours(registry.platform("native")))
+    hugetlb = ENVIRONMENTS["native+hugetlb"].impossible_behaviours(registry.platform("native"))
+    assert "walker-saw-huge-pmd" not in hugetlb and "thp-collapsed" in hugetlb   # a hugetlb PMD leaf is huge
 
 
 def test_the_fuzz_summary_does_not_count_impossible_behaviours_as_not_reached(capsys):
