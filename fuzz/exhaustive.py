@@ -523,6 +523,7 @@ class ExhaustiveResult:
     crash: str | None = None
     watchdog: dict | None = None
     error: str | None = None
+    plugin_failure: str | None = None
     executions: int = 0
     pruned: int = 0
     proven: bool = False
