@@ -37,12 +37,12 @@ def test_expected_matrix_covers_the_primer_for_every_builtin_strategy():
         assert set(e.cells[s]) == set(ENVIRONMENTS), s
     # the primer's section 2, spot checks: the three U columns of direct, the
     # semi-RCU fallback under RCU-only walkers, full RCU safe everywhere
-    assert e.get("direct", "native") == "S" and e.get("direct", "xen-pv") == ["table-uaf"]
+    assert e.get("direct", "native") == "S" and "table-uaf" in e.get("direct", "xen-pv")
     assert e.get("semi-rcu", "native+pt-reclaim+batch-fail") == ["table-uaf"]
     assert e.get("semi-rcu", "xen-pv+batch-fail") == "S"
     assert all(v == "S" for v in e.cells["full-rcu"].values())
     assert "E5" not in e.notes["not-modelled"]  # arm64 is modelled: E5's column
-    assert e.get("direct", "arm64") == ["table-uaf"] and e.get("semi-rcu", "arm64+batch-fail") == "S"
+    assert "table-uaf" in e.get("direct", "arm64") and e.get("semi-rcu", "arm64+batch-fail") == "S"
 
 
 @pytest.mark.parametrize("text, fragment", [
