@@ -66,8 +66,9 @@ soak: $(STAMP) ## the gate for model/oracle changes: built-ins on their SAFE_ON 
 	$(BIN)/python bench/soak.py --seeds $(SOAK_SEEDS) --programs $(SOAK_PROGRAMS) --jobs $(SOAK_JOBS) $(if $(SOAK_FIRST_SEED),--first-seed $(SOAK_FIRST_SEED))
 
 BENCH_JOBS ?= 2
-bench: $(STAMP) ## print the benchmarks' figures (throughput, engines, detection, exhaustive, loader; ~30 min)
+bench: $(STAMP) ## print the benchmarks' figures (throughput, scaling, engines, detection, exhaustive, loader; ~35 min)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/detection.py --jobs $(BENCH_JOBS)
 	$(BIN)/python bench/exhaustive.py --reduction none

@@ -401,3 +401,15 @@ def test_the_summary_says_which_iterations_a_timed_run_covered():
     c.stats.programs = 40
     s.cells.append(c)
     assert "iterations covered: 0-39 (iteration i runs seed 7 * 1000003 + i)" in summary_text(s)
+
+
+def test_the_scaling_bench_runs_both_job_counts_and_prints_the_ratio():
+    """bench/scaling.py is how the --jobs 2 speed-up of issue 12 is measured:
+    it must run the same campaign at --jobs 1 and --jobs 2 through the CLI and
+    print a ratio (no timing is asserted: the machine is shared)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "scaling.py"), "--runs", "8", "--repeats", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "repeat 1 --jobs 1:" in out.stdout and "repeat 1 --jobs 2:" in out.stdout
+    assert out.stdout.count("exit 0") == 2, out.stdout   # both campaigns ran and found nothing
+    assert "speed-up --jobs 2 over --jobs 1 (median wall ratio):" in out.stdout
