@@ -5,6 +5,8 @@ coverage-guided engines as coverage."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from impls.machine.history import Event
 
 from .shadow import Shadow
@@ -74,7 +76,7 @@ class Behaviours:
     def hit(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def handlers(self) -> dict[str, object]:
+    def handlers(self) -> dict[str, Callable[[Event, Shadow], None]]:
         return {k: getattr(self, "_" + k) for k in (
             "walker_map", "walker_unmap", "op_end", "entry_write", "free", "alloc_fail", "switch_mm",
             "ipi_send", "xen_mc_deferred", "gp_end", "gup_put", "pt_reclaim", "need_resched",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from impls.machine.history import History
+from impls.machine.history import Event, History
 
 from .accounting import AccountingCheck, KernelBugCheck
 from .bad_walk import BadWalkCheck
@@ -43,10 +43,11 @@ def check_history(history: History) -> Verdict:
     for ev in history.events:
         for fn in table[ev[2]]:
             fn(ev, sh)
-    final = None
-    for ev in reversed(history.events):
-        if ev.kind == "final":
-            final = ev
+    final: Event | None = None
+    events = history.events
+    for i in range(len(events) - 1, -1, -1):  # (not reversed(): mypyc 2.4 crashes on it here)
+        if events[i].kind == "final":
+            final = events[i]
             break
     for c in checks:
         c.finish(sh, final)

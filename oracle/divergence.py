@@ -37,7 +37,7 @@ from __future__ import annotations
 from impls.machine.history import Event, History
 from impls.machine.page_alloc import DATA
 from impls.machine.pgtable import HPAGE_PMD_NR, PAGE_SIZE, PMD_SIZE
-from impls.machine.program import Program
+from impls.machine.program import Op, Program
 
 from .verdict import Violation
 
@@ -60,7 +60,7 @@ _THP_MUTATING = _MUTATING_RANGE + _MUTATING_PAGE + ("gup_fast", "collapse", "spl
 UNCERTAIN = -1
 
 
-def _possible_mms(program: Program, dying: set[int]) -> tuple[dict[int, list[tuple[set, object]]], set[int], bool]:
+def _possible_mms(program: Program, dying: set[int]) -> tuple[dict[int, list[tuple[set, Op]]], set[int], bool]:
     """For each CPU, each operation with the set of mms it may act on.
 
     Statically a CPU runs the mm of its last ``switch``; but a switch to an mm
@@ -68,7 +68,7 @@ def _possible_mms(program: Program, dying: set[int]) -> tuple[dict[int, list[tup
     and a thread of a dying mm may be killed (the CPU runs a kernel thread).
     Returns the per-CPU sets, the mms some exit may tear down, and whether every
     exit has a single certain target."""
-    out: dict[int, list[tuple[set, object]]] = {}
+    out: dict[int, list[tuple[set, Op]]] = {}
     exits: set[int] = set()
     certain = True
     for cpu in range(program.cpus):
@@ -211,7 +211,7 @@ def _touch_facts(program: Program) -> tuple[dict, tuple | None, set[int]]:
         dying |= exits
     named: dict[int, list[tuple[int, int, int]]] = {}
     regions: dict[tuple[int, int], set[int]] | None = {} if program.env.thp else None
-    last: dict[tuple[int, int, int], object] = {}  # (mm, region, cpu) -> its last op there
+    last: dict[tuple[int, int, int], Op] = {}  # (mm, region, cpu) -> its last op there
     for cpu, ops in per_cpu.items():
         for poss, op in ops:
             span = _op_span(op)
@@ -237,6 +237,7 @@ def _touch_facts(program: Program) -> tuple[dict, tuple | None, set[int]]:
                     # CPUs may change: racy
                     lst.append((op.new_addr, op.new_addr + op.len, UNCERTAIN))
                 for lo, hi in regs:
+                    assert regions is not None  # regs is empty without THP
                     for base in range(lo, hi, PMD_SIZE):
                         regions.setdefault((mm, base), set()).update((cpu, who))
                         last[(mm, base, cpu)] = op
@@ -354,7 +355,7 @@ def certain_exits(program: Program) -> bool:
 
 
 def observables(history: History, program: Program) -> dict[str, object] | None:
-    final: Event | None = next((e for e in reversed(history.events) if e.kind == "final"), None)
+    final = _final(history)
     if final is None:
         return None
     robust = robust_pages(program)
@@ -414,6 +415,7 @@ def _differences(bh: History, h: History, touches: _Touches, program: Program,
     if [m["id"] for m in bmms] != [m["id"] for m in mms]:
         # not two runs of the same program: compare the full observables
         bobs, obs = observables(bh, program), observables(h, program)
+        assert bobs is not None and obs is not None  # both have a final event
         return [(k, bobs.get(k), obs.get(k)) for k in sorted(set(bobs) | set(obs))
                 if bobs.get(k) != obs.get(k)]
     out: list[tuple[str, object, object]] = []
@@ -434,7 +436,11 @@ def _differences(bh: History, h: History, touches: _Touches, program: Program,
 
 
 def _final(history: History) -> Event | None:
-    return next((e for e in reversed(history.events) if e.kind == "final"), None)
+    events = history.events
+    for i in range(len(events) - 1, -1, -1):  # (not reversed(): mypyc 2.4 crashes on it)
+        if events[i].kind == "final":
+            return events[i]
+    return None
 
 
 def _mapped_pages(mm: dict) -> set[int]:

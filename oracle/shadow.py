@@ -28,6 +28,8 @@ list is per PMD table) its placement follows the new link.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from impls.machine.history import Event
 from impls.machine.page_alloc import DATA, FREE, TABLE
 from impls.machine.pgtable import (
@@ -93,7 +95,7 @@ class Shadow:
         self.links: dict[int, set[tuple[int, int]]] = {}
         self._placements: dict[int, tuple[tuple[int, int], ...]] = {}
 
-    def updaters(self) -> dict:
+    def updaters(self) -> dict[str, Callable[..., None]]:
         """Event kind -> bound update method; each takes the event (and, to
         share the checks' ``handler(ev, shadow)`` calling convention, ignores
         a second argument).  Built on demand rather than kept on the instance:
@@ -326,12 +328,12 @@ class Shadow:
         for key in [k for k in tlb if _entry_overlaps(k, start, end)]:
             del tlb[key]
         psc = self.psc.get(ev.cpu, {})
-        for key in list(psc):
-            lvl, prefix = key
+        for pkey in list(psc):
+            lvl, prefix = pkey
             shift = dict(PSC_SHIFTS)[lvl]
             lo = prefix << shift
             if lo < end and start < lo + (1 << shift):
-                del psc[key]
+                del psc[pkey]
 
     def _cr3_load(self, ev: Event, _sh: object = None) -> None:
         """The hardware switches to ASID ``asid`` (0 without ASIDs): the
