@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help venv test demo lint clean bench
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -74,8 +74,19 @@ bench: $(STAMP) ## print the benchmarks' figures (throughput, scaling, engines, 
 	$(BIN)/python bench/exhaustive.py --reduction none
 	$(BIN)/python bench/loader.py
 
-lint: $(STAMP) ## ruff check
-	$(BIN)/ruff check impls oracle fuzz tests bench
+# optional: the oracle compiled with mypyc (tools/compiled.py MODULES), extension modules that
+# shadow their .py files; needs a C compiler. Nothing else depends on it (make test, make fuzz and
+# .ci/run are pure Python); make clean-compiled brings the pure-Python path back.
+.PHONY: compiled clean-compiled
+compiled: $(STAMP) ## optional, faster: compile the oracle with mypyc (installs mypy; needs a C compiler)
+	$(BIN)/pip install -q 'mypy>=1.16'
+	$(BIN)/python tools/compiled.py build
 
-clean: ## remove the virtualenv and caches
+clean-compiled: ## remove what make compiled built: the pure-Python path again
+	$(PY) tools/compiled.py clean
+
+lint: $(STAMP) ## ruff check
+	$(BIN)/ruff check impls oracle fuzz tests bench tools
+
+clean: clean-compiled ## remove the virtualenv, caches and the compiled modules
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

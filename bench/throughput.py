@@ -13,7 +13,9 @@ programs per second per core, less sensitive to other load on the machine than
 wall time, which is printed too, as is the best repeat: on a busy machine the
 best is the steadier figure).  The programs run under the fuzz loop's
 garbage-collection policy (fuzz.engine.PausedGC), as they do in a campaign.
-Prints figures only: no assertions.
+The "build:" line says whether the modules of the optional compiled build
+(tools/compiled.py, `make compiled`) ran compiled or as pure Python: label the
+figures with it.  Prints figures only: no assertions.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from impls import registry  # noqa: E402
 from impls.machine.choices import RandomChoices  # noqa: E402
 from impls.machine.machine import Machine  # noqa: E402
 from oracle import check_history  # noqa: E402
+from tools.compiled import build_label  # noqa: E402
 
 CPUS = 4
 LENGTH = 32
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     n, reps = args.programs, args.repeats
     print(f"shootdown throughput: {CPUS} CPUs, {LENGTH}-operation programs, {n} programs x "
           f"{reps} repeats (median), Python {sys.version.split()[0]}; rates per CPU-second")
+    print(f"build: {build_label()}")
     print()
     print(f"{'platform':<10} {'strategy':<10} {'programs/s':>10} {'ms/prog':>8} {'steps/s':>9} "
           f"{'events/s':>9} {'steps/prog':>10} {'events/prog':>11} {'best p/s':>9} {'wall p/s':>9}")
