@@ -1,5 +1,5 @@
-"""The optional compiled build: the oracle checks (and the machine modules
-listed in :data:`MODULES`) compiled with mypyc into extension modules that sit
+"""The optional compiled build: the oracle checks listed in :data:`MODULES`
+(no machine module yet), compiled with mypyc into extension modules that sit
 next to their ``.py`` files and shadow them on import.
 
     .venv/bin/python tools/compiled.py build    # `make compiled` (needs mypy and a C compiler)
