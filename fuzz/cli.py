@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from impls import registry
+from impls._pure import reexec_pure
 from impls.machine.plugin import Ops, PluginError
 
 from . import corpus
@@ -291,6 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = ap.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    if argv is None:  # the command line itself (not a test calling main([...]))
+        needs = ("explore" if args.command == "explore"
+                 else f"{args.command} --exhaustive" if getattr(args, "exhaustive", False) else None)
+        if needs is not None:  # they trace the interpreted code: no return if compiled modules are loaded
+            reexec_pure(sys.argv[1:], needs)
     try:
         return args.func(args)
     except (corpus.CorpusError, PluginError, UsageError) as e:

@@ -263,7 +263,8 @@ def atheris_loop(spec: Any, strategies: list[Ops], platform: Ops, env: Environme
         os.dup2(devnull, 2)
     argv = ["shootdown-atheris", f"-seed={(spec.seed * 1_000_003 + spec.worker) % (2**31 - 1) + 1}",
             "-len_control=0", f"-max_len={ml}", "-handle_int=0", "-handle_term=0", "-rss_limit_mb=0",
-            f"-timeout={LIBFUZZER_TIMEOUT}", "-print_final_stats=0", "-reduce_inputs=0", f"-artifact_prefix={workdir}/", workdir]
+            f"-timeout={LIBFUZZER_TIMEOUT}", "-print_final_stats=0", "-reduce_inputs=0",
+            f"-artifact_prefix={workdir}/", workdir]
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
     finish()  # pragma: no cover  (libFuzzer exits first)

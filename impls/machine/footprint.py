@@ -52,6 +52,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from impls._pure import compiled_loaded
+
 #: the location every step conflicts with (an opaque step)
 ALL = ("*", "*")
 
@@ -161,6 +163,16 @@ class Tracer:
 
     # -- installation -------------------------------------------------------------
     def install(self) -> None:
+        compiled = [n for n in compiled_loaded() if n.startswith("impls.")]
+        if compiled:
+            # compiled classes do not consult a patched __getattribute__ and
+            # compiled generators have no frame to scan: a footprint taken
+            # there would miss accesses, and the reduction would skip schedules
+            raise RuntimeError(
+                "the exhaustive explorer traces the machine's interpreted code, but "
+                f"{len(compiled)} machine module(s) are compiled ({compiled[0]}, ...): "
+                "run it with SHOOTDOWN_PURE=1 (the shootdown command does so itself) "
+                "or `make clean-compiled`")
         tr = self
         serial = self._serial
         methods: dict[type, frozenset] = {}
