@@ -26,9 +26,9 @@ the first few pages of a slot are touched, so programs stay small.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from impls.machine.pgtable import PAGE_SIZE, PMD_SIZE, PUD_SIZE
 from impls.machine.program import Env, Op, Program
@@ -72,7 +72,7 @@ class RandomDraw:
     def __init__(self, rng: random.Random | int) -> None:
         self.rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         # rng._randbelow(n) is what rng.randint()/randrange() draw from, for n > 0
-        self._randbelow = self.rng._randbelow
+        self._randbelow: Callable[[int], int] = self.rng._randbelow  # type: ignore[attr-defined]
 
     def int(self, lo: int, hi: int) -> int:
         if hi < lo:
@@ -153,6 +153,12 @@ class GenConfig:
     #: file 0 is what the file slots map
     files: tuple[str, ...] = ()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled by value: the compiled build (tools/compiled.py) cannot
+        # unpickle a frozen dataclass attribute by attribute (its __setattr__ raises)
+        return (GenConfig, (self.platform, self.cpus, self.mms, self.length, self.pt_reclaim, self.kvm,
+                            self.iommu, self.lazy_tlb, self.thp, self.weights, self.files))
+
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "gup_fast": 6, "munmap": 4, "mmap": 3, "access": 6, "populate": 1, "pte_walk": 2,
@@ -175,7 +181,7 @@ class _State:
     alive: set[int]
     #: (mm, slot) -> bytes the slot's VMA starts after the slot's address (an
     #: mremap to a page-misaligned destination, which moves PTEs one by one)
-    shift: dict[tuple[int, int], int] = field(default_factory=dict)
+    shift: dict[tuple[int | None, int], int] = field(default_factory=dict)
     #: THP: cpu -> (mm, the operation it runs next): a zap right after a
     #: collapse, which frees the table the collapse deposited
     follow: dict[int, tuple[int, Op]] = field(default_factory=dict)
@@ -264,7 +270,7 @@ def generate(draw: Draw, cfg: GenConfig) -> Program:
 _ops: dict[tuple, Op] = {}
 
 
-def _op(cpu: int, kind: str, **kw: int | bool) -> Op:
+def _op(cpu: int, kind: str, **kw: Any) -> Op:
     """``Op(cpu, kind, **kw)``, shared: an Op is an immutable value, and a
     generated program draws its operations from a small set (a few CPUs,
     slots and pages), so most come back program after program; building a
@@ -413,7 +419,7 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             kinds = [t for t in range(len(SLOTS), len(ALL_SLOTS))
                      if FILE_SLOT_KINDS[t - len(SLOTS)] == FILE_SLOT_KINDS[src - len(SLOTS)]]
         else:
-            kinds = range(len(SLOTS))
+            kinds = list(range(len(SLOTS)))
         free = [t for t in kinds if t not in st.mapped[mm]]
         if not free:
             return None
@@ -433,9 +439,9 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             options.insert(0, None)
         if not options:
             return None
-        target = options[draw.int(0, len(options) - 1)]
-        st.running[cpu] = target
-        return _op(cpu, "switch", mm=target)
+        target2 = options[draw.int(0, len(options) - 1)]
+        st.running[cpu] = target2
+        return _op(cpu, "switch", mm=target2)
     if kind == "exit":
         st.alive.discard(mm)
         for c in range(len(st.running)):

@@ -25,7 +25,7 @@ from fuzz import corpus
 from fuzz.envs import ENVIRONMENTS
 from fuzz.run import run_lockstep, run_program
 from impls import registry
-from impls.machine import gup, mmu_gather
+from impls.machine import gup, mmu_gather, plugin
 from impls.machine.choices import FLIP_LABELS
 from impls.machine.platform import HOOKS as PLATFORM_HOOKS
 from impls.machine.program import OP_KINDS, Env, Op, Program
@@ -92,7 +92,7 @@ def test_skip_sync_ipi_implements_the_strategy_protocol():
         if hook.required:
             assert callable(fn), hook.name
         if fn is not None and hook.generator:
-            assert inspect.isgeneratorfunction(fn), hook.name
+            assert plugin.is_generator_function(fn), hook.name
     # the optional hooks it leaves out fall back to the machine's
     assert ops.tlb_finish_mmu is mmu_gather.tlb_finish_mmu
     assert ops.gup_fast is gup.gup_fast
@@ -161,7 +161,7 @@ def test_rar_implements_the_platform_protocol():
     ops = registry.platform(RAR)
     assert ops.name == "rar"
     assert ops.meta["implies_ipi_broadcast"] is False
-    assert inspect.isgeneratorfunction(ops.flush_tlb_multi)
+    assert plugin.is_generator_function(ops.flush_tlb_multi)
     for name in ("init", "on_step", "pending", "quiesce"):
         assert callable(getattr(ops, name)), name
     assert ops.mm_global_asid is None and ops.broadcast_tlb_flush is None
@@ -226,7 +226,7 @@ def test_radix_implements_the_platform_hooks_for_gather_flags():
     assert ops.tlb_needs_table_invalidate() is True  # radix_enabled()
     assert "page-walk cache" in ops.doc
     for name in ("tlb_flush", "switch_mm_irqs_off", "broadcast_tlb_flush"):
-        assert inspect.isgeneratorfunction(getattr(ops, name)), name
+        assert plugin.is_generator_function(getattr(ops, name)), name
 
 
 def test_radix_direct_free_is_a_gup_fast_uaf_rcu_is_safe():

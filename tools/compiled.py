@@ -38,6 +38,35 @@ MODULES: tuple[str, ...] = (
     "oracle/behaviours.py",
     "oracle/check.py",
     "oracle/divergence.py",
+    "impls/machine/choices.py",
+    "impls/machine/cpu.py",
+    "impls/machine/fault.py",
+    "impls/machine/filemap.py",
+    "impls/machine/history.py",
+    "impls/machine/huge_memory.py",
+    "impls/machine/hugetlb.py",
+    "impls/machine/kernel.py",
+    "impls/machine/khugepaged.py",
+    "impls/machine/machine.py",
+    "impls/machine/memory.py",
+    "impls/machine/mmap.py",
+    "impls/machine/mmu_gather.py",
+    "impls/machine/mmu_notifier.py",
+    "impls/machine/mremap.py",
+    "impls/machine/page_alloc.py",
+    "impls/machine/paravirt.py",
+    "impls/machine/pfnmap.py",
+    "impls/machine/pgtable.py",
+    "impls/machine/pgtable_generic.py",
+    "impls/machine/platform.py",
+    "impls/machine/pt_reclaim.py",
+    "impls/machine/rcu.py",
+    "impls/machine/sched_core.py",
+    "impls/machine/smp.py",
+    "impls/machine/strategy.py",
+    "impls/machine/tlb.py",
+    "impls/machine/tlbflush.py",
+    "fuzz/generate.py",
 )
 
 #: where setuptools builds (the objects and the generated C); removed by clean
@@ -64,7 +93,7 @@ def artifacts() -> list[Path]:
     """The extension modules a build leaves in the tree (and its shared library)."""
     out: list[Path] = []
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for top in ("impls", "oracle"):
+        for top in ("impls", "oracle", "fuzz"):
             out.extend((ROOT / top).rglob(f"*{suffix}"))
         out.extend(ROOT.glob(f"*__mypyc{suffix}"))  # (where a plain `mypyc` run leaves it)
     return sorted(set(out))

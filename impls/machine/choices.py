@@ -23,6 +23,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
+from typing import Any
 
 #: agent id of the RCU grace-period kthread / callback (softirq) agent
 RCU = -1
@@ -61,6 +62,11 @@ class SchedEntry:
     steps: int = 1
     until: str | None = None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled by value: the compiled build (tools/compiled.py) cannot
+        # unpickle a frozen dataclass attribute by attribute (its __setattr__ raises)
+        return (SchedEntry, (self.agent, self.steps, self.until))
+
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
@@ -72,6 +78,11 @@ class Schedule:
 
     sched: tuple[SchedEntry, ...] = ()
     flips: tuple[tuple[str, tuple[bool, ...]], ...] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled by value: the compiled build (tools/compiled.py) cannot
+        # unpickle a frozen dataclass attribute by attribute (its __setattr__ raises)
+        return (Schedule, (self.sched, self.flips))
 
     def flips_dict(self) -> dict[str, tuple[bool, ...]]:
         return dict(self.flips)
@@ -269,7 +280,7 @@ class RandomChoices(Choices):
         self._rng = random.Random(seed)
         # rng._randbelow(n) is what rng.randrange(n) returns for n > 0, without
         # randrange()'s argument checks (this runs once per scheduler step)
-        self._randbelow = self._rng._randbelow
+        self._randbelow: Callable[[int], int] = self._rng._randbelow  # type: ignore[attr-defined]
         self._biases = dict(DEFAULT_BIASES if biases is None else biases)
         # probability of switching away from the agent that ran last; runs of
         # consecutive steps make it likelier that a whole critical section

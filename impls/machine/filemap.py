@@ -38,7 +38,7 @@ order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .cpu import Cpu, RwSem, Step, Vma, down_read, down_write, up_read, up_write, wait_until
 from .page_alloc import DATA, Frame
@@ -147,7 +147,7 @@ def filemap_add_folio(cpu: Cpu, mapping: AddressSpace, index: int, mm_id: int) -
 def filemap_remove_folio(cpu: Cpu, folio: Frame) -> None:
     """mm/filemap.c: filemap_remove_folio(): delete from the cache, drop the
     cache's reference (the page is freed here if nobody else holds one)."""
-    mapping = folio.mapping
+    mapping: Any = folio.mapping
     if mapping.pages.get(folio.index) is folio:
         del mapping.pages[folio.index]
     folio.mapping = None

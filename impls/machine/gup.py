@@ -57,7 +57,9 @@ def try_grab_folio_fast(cpu: Cpu, page: Frame, addr: int) -> bool:
     if not m.frames.get_page_unless_zero(page):
         m.h.emit(cpu.id, "gup_grab_failed", addr=addr, pfn=page.pfn)
         return False
-    m.h.emit(cpu.id, "gup_grab", mm=cpu.current_mm.id, addr=addr, pfn=page.pfn, gen=page.gen)
+    mm = cpu.current_mm
+    assert mm is not None  # (gup_fast_op() runs in a user mm)
+    m.h.emit(cpu.id, "gup_grab", mm=mm.id, addr=addr, pfn=page.pfn, gen=page.gen)
     return True
 
 
@@ -75,7 +77,9 @@ def gup_fast(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
     sw_read = m.sw_read
     local_irq_save(cpu)
     yield f"{WHO}:irq_off"
-    f, gen = mm.pgd, mm.pgd_gen
+    pgd = mm.pgd
+    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+    f, gen = pgd, mm.pgd_gen
     for level, name in ((4, "pgd"), (3, "pud")):
         val = sw_read(cpu, f, gen, index(level, addr), WHO)
         if not is_table_entry(val):

@@ -128,7 +128,9 @@ def hugetlb_walk_pud(cpu: Cpu, mm: Mm, addr: int, who: str) -> Ptr | None:
     """The PUD entry of ``addr`` in ``mm`` (pgd_offset/p4d_offset/pud_offset),
     or None if the PGD entry is none."""
     m = cpu.m
-    val = m.sw_read(cpu, mm.pgd, mm.pgd_gen, index(4, addr), who)
+    pgd = mm.pgd
+    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+    val = m.sw_read(cpu, pgd, mm.pgd_gen, index(4, addr), who)
     if not is_table_entry(val):
         return None
     child = child_of(cpu, val)
@@ -204,8 +206,10 @@ def huge_pte_alloc(cpu: Cpu, mm: Mm, vma, addr: int) -> Step:
     from .memory import __p_alloc
     m = cpu.m
     who = "fault"
-    pgdp = Ptr(mm.pgd, mm.pgd_gen, index(4, addr))
-    if not entry_present(m.sw_read(cpu, mm.pgd, mm.pgd_gen, pgdp.idx, who)):
+    pgd = mm.pgd
+    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+    pgdp = Ptr(pgd, mm.pgd_gen, index(4, addr))
+    if not entry_present(m.sw_read(cpu, pgd, mm.pgd_gen, pgdp.idx, who)):
         yield from __p_alloc(cpu, mm, pgdp, 3, addr & ~((1 << 39) - 1))
     pudp = hugetlb_walk_pud(cpu, mm, addr, who)
     if pudp is None:

@@ -169,6 +169,7 @@ def hpage_collapse_scan_pmd(cpu: Cpu, mm: Mm, address: int, is_khugepaged: bool)
     result, pmdp = find_pmd_or_thp_or_none(cpu, mm, address, who)
     if result != SCAN_SUCCEED:
         return result, True
+    assert pmdp is not None  # (SCAN_SUCCEED comes with the PMD entry)
     res = yield from __pte_offset_map_lock(cpu, pmdp, address, who)
     if res is None:
         return SCAN_PMD_NULL, True
@@ -264,12 +265,10 @@ def collapse_huge_page(cpu: Cpu, mm: Mm, address: int, is_khugepaged: bool) -> S
     m = cpu.m
     who = WHO if is_khugepaged else "madvise_collapse"
     up_read(cpu, mm.mmap_lock)
-    folio: Frame | None = m.frames.alloc(cpu.id, DATA, mm=mm.id, va=address, order=HPAGE_PMD_ORDER)
+    folio = m.frames.alloc(cpu.id, DATA, mm=mm.id, va=address, order=HPAGE_PMD_ORDER)
     yield "collapse:folio_alloc"
     result = yield from _collapse_locked(cpu, mm, address, is_khugepaged, who, folio)
-    if result == SCAN_SUCCEED:
-        folio = None
-    if folio is not None:
+    if result != SCAN_SUCCEED:  # (on success the folio is mapped: folio = NULL)
         m.frames.put_page(cpu.id, folio, "folio_put (collapse failed)")
     m.h.emit(cpu.id, "collapse", mm=mm.id, addr=address, result=result, khugepaged=is_khugepaged,
              stage="collapse")
@@ -285,6 +284,7 @@ def _collapse_locked(cpu: Cpu, mm: Mm, address: int, is_khugepaged: bool, who: s
     up_read(cpu, mm.mmap_lock)
     if result != SCAN_SUCCEED:
         return result
+    assert pmdp is not None  # (SCAN_SUCCEED comes with the PMD entry)
     # Prevent all access to pagetables with the exception of gup_fast later
     # handled by the ptep_clear_flush and the VM handled by the anon_vma
     # lock + PG_lock.
@@ -334,7 +334,7 @@ def _collapse_anon_locked(cpu: Cpu, mm: Mm, address: int, is_khugepaged: bool, p
     if pte is not None:
         pte_ptl = pte_lockptr(cpu, pte)
         yield from spin_lock(cpu, pte_ptl, "collapse:ptl")
-        result = __collapse_huge_page_isolate(cpu, table, pte.gen, is_khugepaged)
+        result = __collapse_huge_page_isolate(cpu, pte.table, pte.gen, is_khugepaged)
         spin_unlock(cpu, pte_ptl)
     else:
         result = SCAN_PMD_NULL
@@ -351,6 +351,7 @@ def _collapse_anon_locked(cpu: Cpu, mm: Mm, address: int, is_khugepaged: bool, p
             p_populate(cpu, mm, pmdp, table)
         spin_unlock(cpu, pmd_ptl)
         return result
+    assert pte is not None and table is not None  # (else result is SCAN_PMD_NULL)
 
     # All pages are isolated and locked so anon_vma rmap can't run anymore.
     up_write(cpu, mm.anon_vma_lock)

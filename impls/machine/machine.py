@@ -203,9 +203,9 @@ class Machine:
             c.loaded_mm = self.init_mm
             c.active_mm = self.init_mm
             c.ctxs[0] = [self.init_mm, self.init_mm.tlb_gen]
-            start = p.start_of(c.id)
-            if start is not None:
-                mm = self.mms[start]
+            start0 = p.start_of(c.id)
+            if start0 is not None:
+                mm = self.mms[start0]
                 for _ in self.P.switch_mm_irqs_off(c, mm, "boot"):
                     pass  # no other CPU runs at boot
                 c.current_mm = mm
@@ -458,14 +458,16 @@ class Machine:
             mapping: dict[int, tuple[int, int]] = {}
             huge: dict[int, tuple[int, int]] = {}
             tables: list[tuple[int, int, int]] = []
+            pgd = mm.pgd
+            assert pgd is not None  # a user mm (init_mm is not in self.mms)
             if not mm.freed:
-                self._collect(mm.pgd, 4, 0, mapping, tables, huge)
+                self._collect(pgd, 4, 0, mapping, tables, huge)
             d = {
                 "id": mm.id, "exited": mm.exited, "freed": mm.freed, "rss": mm.rss,
                 "nr_ptes": mm.nr_ptes, "nr_pmds": mm.nr_pmds, "nr_puds": mm.nr_puds,
                 "vmas": tuple((v.start, v.end) for v in mm.vmas),
                 "mapping": tuple(sorted(mapping.items())), "tables": tuple(sorted(tables)),
-                "pinned": bool(mm.pgd.pinned or mm.pgd.xen_pinned) if not mm.freed else False,
+                "pinned": bool(pgd.pinned or pgd.xen_pinned) if not mm.freed else False,
                 "sptes": tuple(sorted(mm.kvm.sptes.items())) if mm.kvm else (),
             }
             if huge:

@@ -111,9 +111,11 @@ def __p_alloc(cpu: Cpu, mm: Mm, parent: Ptr, level: int, addr: int) -> Step:
         else:
             mm.nr_puds += 1
         p_populate(cpu, mm, parent, new)
-        new = None
+        populated = True
+    else:
+        populated = False
     spin_unlock(cpu, lock)
-    if new is not None:
+    if not populated:
         m.frames.free(cpu.id, new, "pte_free (lost the populate race)")
 
 
@@ -125,7 +127,9 @@ def handle_mm_fault(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
     vma = mm.find_vma(addr)
     if vma is not None and is_vm_hugetlb_page(vma):
         return (yield from hugetlb_fault(cpu, mm, vma, addr, write))
-    f, gen = mm.pgd, mm.pgd_gen
+    pgd = mm.pgd
+    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+    f, gen = pgd, mm.pgd_gen
     for level in (4, 3):
         parent = Ptr(f, gen, index(level, addr))
         val = m.sw_read(cpu, f, gen, parent.idx, who)
@@ -583,10 +587,12 @@ def free_pgd_range(tlb: MmuGather, addr: int, end: int, floor: int, ceiling: int
         end -= PMD_SIZE
     if addr > end - 1:
         return
+    pgd = mm.pgd
+    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
     while True:
         nxt = min((addr & PGDIR_MASK) + PGDIR_SIZE, end)
-        pgdp = Ptr(mm.pgd, mm.pgd_gen, index(4, addr))
-        if entry_present(m.sw_read(cpu, mm.pgd, mm.pgd_gen, pgdp.idx, "free_pgtables")):
+        pgdp = Ptr(pgd, mm.pgd_gen, index(4, addr))
+        if entry_present(m.sw_read(cpu, pgd, mm.pgd_gen, pgdp.idx, "free_pgtables")):
             yield from free_pud_range(tlb, pgdp, addr, nxt, floor, ceiling)
         addr = nxt
         if addr >= end:

@@ -214,5 +214,7 @@ def mmdrop_check(cpu: Cpu, mm: Mm) -> None:
     mm.freed = True
     if m.P.pgd_free is not None:
         m.P.pgd_free(cpu, mm)
-    m.h.emit(cpu.id, "mmdrop", mm=mm.id, pgd=mm.pgd.pfn)
-    m.frames.free(cpu.id, mm.pgd, "pgd_free")
+    pgd = mm.pgd
+    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+    m.h.emit(cpu.id, "mmdrop", mm=mm.id, pgd=pgd.pfn)
+    m.frames.free(cpu.id, pgd, "pgd_free")

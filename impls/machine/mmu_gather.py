@@ -72,7 +72,7 @@ class MmuGather:
         self.cleared_ptes = self.cleared_pmds = self.cleared_puds = self.cleared_p4ds = False
         self.start = self.end = 0
         # tlb->local (max MMU_GATHER_BUNDLE) followed by batch pages
-        self.batches: list[tuple[int, list[Frame]]] = [(MMU_GATHER_BUNDLE, [])]
+        self.batches: list[tuple[int, list[Any]]] = [(MMU_GATHER_BUNDLE, [])]
         self.active = 0
         self.batch_count = 0
         self.batch: Any = None

@@ -196,7 +196,9 @@ def iommu_access(cpu: Cpu, op) -> Step:
     io = mm.iommu
     hit = tlb_lookup(io.tlb, op.addr)
     if hit is None:
-        hit = hw_walk(cpu, IOMMU, io.tlb, io.psc, mm.pgd.pfn, mm.pgd_gen, op.addr, "iommu")
+        pgd = mm.pgd
+        assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+        hit = hw_walk(cpu, IOMMU, io.tlb, io.psc, pgd.pfn, mm.pgd_gen, op.addr, "iommu")
         if hit is None:
             m.h.emit(IOMMU, "iommu_fault", addr=op.addr)
             yield "iommu_access:fault"

@@ -102,7 +102,9 @@ def drop_rmap_locks(cpu: Cpu, vma: Vma) -> None:
 def _walk(cpu: Cpu, mm: Mm, addr: int, levels: tuple[int, ...], who: str) -> Ptr | None:
     """pgd_offset() downwards through present table entries; None at a none."""
     m = cpu.m
-    f, gen = mm.pgd, mm.pgd_gen
+    pgd = mm.pgd
+    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+    f, gen = pgd, mm.pgd_gen
     for level in levels:
         val = m.sw_read(cpu, f, gen, index(level, addr), who)
         if not is_table_entry(val):
@@ -128,7 +130,9 @@ def get_old_pmd(cpu: Cpu, mm: Mm, addr: int) -> Ptr | None:
 def _alloc_down(cpu: Cpu, mm: Mm, addr: int, levels: tuple[int, ...]) -> Step:
     """p4d/pud/pmd_alloc() along ``levels``: allocate what is none."""
     m = cpu.m
-    f, gen = mm.pgd, mm.pgd_gen
+    pgd = mm.pgd
+    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+    f, gen = pgd, mm.pgd_gen
     for level in levels:
         parent = Ptr(f, gen, index(level, addr))
         val = m.sw_read(cpu, f, gen, parent.idx, "mremap")
@@ -136,6 +140,7 @@ def _alloc_down(cpu: Cpu, mm: Mm, addr: int, levels: tuple[int, ...]) -> Step:
             yield from __p_alloc(cpu, mm, parent, level - 1, addr & ~((1 << (9 * (level - 1) + 12)) - 1))
             val = m.sw_read(cpu, f, gen, parent.idx, "mremap")
         child = child_of(cpu, val)
+        assert child is not None  # present: populated above, under the mmap write lock
         f, gen = child
     return Ptr(f, gen, index(levels[-1] - 1, addr))
 
@@ -346,6 +351,7 @@ def mremap_op(cpu: Cpu, op) -> Step:
         # MREMAP_FIXED: unmap the destination first (the mmap lock stays held for write)
         yield from do_vmi_align_munmap(cpu, mm, new_addr, new_addr + length, downgrade=False)
         vma = mm.find_vma(addr)  # (unchanged: the ranges do not overlap)
+        assert vma is not None
         # copy_vma()
         new_vma = Vma(new_addr, new_addr + length, vma.file, vma.linear_page_index(addr), vma.flags, mm)
         mm.vmas.append(new_vma)

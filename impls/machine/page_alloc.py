@@ -23,6 +23,8 @@ changes it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .history import History
 
 FREE, TABLE, DATA, OTHER, IOMEM = 0, 1, 2, 3, 4
@@ -68,7 +70,7 @@ class Frame:
         self.ro = False          # direct-map alias read-only (Xen PV tables)
         self.owner_va = 0        # base VA this table translates (for reports)
         self.share_count = 0     # ptdesc->pt_share_count: other mms sharing this PMD table
-        self.mapping = None      # folio->mapping: the file whose page cache holds this page
+        self.mapping: Any = None     # folio->mapping: the file whose page cache holds this page
         self.index = 0           # folio->index: its page offset in that file
         self.lock_owner: int | None = None  # PG_locked (folio_lock()): the CPU holding it
         self.order = 0           # folio order (9: a PMD-sized THP)

@@ -9,15 +9,17 @@ hook that is not callable is a :class:`PluginError` with a one-line message.
 
 from __future__ import annotations
 
+import ast
 import difflib
+import functools
 import hashlib
 import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from types import BuiltinFunctionType, ModuleType
+from typing import TYPE_CHECKING, Any
 
 
 class PluginError(Exception):
@@ -94,10 +96,78 @@ class Ops:
     def __repr__(self) -> str:
         return f"<{self.kind} {self.name} from {self.source}>"
 
+    if TYPE_CHECKING:
+        # the hooks are set by build_ops(), one attribute per name of the
+        # protocol's HOOKS: for the type checker (and mypyc, which compiles
+        # the machine modules that call them) each is a dynamic value
+        def __getattr__(self, name: str) -> Any: ...
+
+
+def is_generator_function(fn: Any) -> bool | None:
+    """:func:`inspect.isgeneratorfunction`, which also knows the functions of
+    the optional compiled build (tools/compiled.py): a mypyc-compiled function
+    is a builtin function, with no code object and so no CO_GENERATOR flag;
+    whether it is a generator function is read from its source, which the
+    build leaves next to the extension module.  None: a compiled function
+    whose source is not there (unknown)."""
+    if inspect.isgeneratorfunction(fn):
+        return True
+    if type(fn) is not BuiltinFunctionType:
+        return False
+    modname = getattr(fn, "__module__", None) or ""
+    file = getattr(sys.modules.get(modname), "__file__", None) or ""
+    if not file or file.endswith(".py"):
+        return False  # a builtin of CPython's own, or of a C extension
+    return _compiled_is_generator(modname, getattr(fn, "__qualname__", ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_is_generator(modname: str, qualname: str) -> bool | None:
+    """Does the def of ``qualname`` in the source of module ``modname`` yield?
+    The source is found next to its package's ``__init__.py`` (interpreted):
+    the ``__file__`` mypyc gives a module of a shared build library is not
+    always where the module is."""
+    package, _, leaf = modname.rpartition(".")
+    pkg_file = getattr(sys.modules.get(package), "__file__", None) if package else None
+    if not pkg_file:
+        return None
+    try:
+        tree: ast.AST = ast.parse((Path(pkg_file).parent / f"{leaf}.py").read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for part in qualname.split("."):
+        body = getattr(tree, "body", [])
+        found = [n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == part]
+        if not found:
+            return None
+        tree = found[-1]
+    if not isinstance(tree, ast.FunctionDef):
+        return None
+    todo: list[ast.AST] = list(tree.body)
+    while todo:  # a yield in its own scope (not in a nested def, lambda or class)
+        node = todo.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            todo.extend(ast.iter_child_nodes(node))
+    return False
+
 
 def as_generator(fn: Callable[..., Any]) -> Callable[..., Any]:
-    if inspect.isgeneratorfunction(fn):
+    gen = is_generator_function(fn)
+    if gen:
         return fn
+    if gen is None:  # a compiled function of unknown kind: decided per call
+        def adaptive(*args: Any) -> Any:
+            r = fn(*args)
+            if hasattr(r, "send") and hasattr(r, "throw"):
+                return (yield from r)
+            return r
+
+        adaptive.__name__ = getattr(fn, "__name__", "hook")
+        adaptive.__doc__ = fn.__doc__
+        adaptive.__wrapped__ = fn  # type: ignore[attr-defined]
+        return adaptive
 
     def wrapper(*args: Any) -> Any:
         return fn(*args)
@@ -128,7 +198,7 @@ def build_ops(kind: str, module: ModuleType, hooks: list[Hook], source: str,
             fn = hook.default
         elif not callable(fn):
             raise PluginError(f"{source}: {kind} {name!r}: {hook.name} is not a function")
-        elif not hook.generator and inspect.isgeneratorfunction(fn):
+        elif not hook.generator and is_generator_function(fn):
             raise PluginError(f"{source}: {kind} {name!r}: {hook.name}() must be a plain function "
                               "(the machine calls it directly, not with `yield from`)")
         if fn is not None and hook.generator:

@@ -86,7 +86,7 @@ class Rcu:
             self.completed += 1
             self.active = False
             m.h.emit(ctx.id, "gp_end", gp=self.completed, waited=len(self.blockers))
-            still = []
+            still: list[Any] = []
             for head in self.waiting:
                 (self.ready if head.gp <= self.completed else still).append(head)
             self.waiting = still

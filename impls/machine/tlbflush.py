@@ -293,10 +293,12 @@ def switch_mm_irqs_off_now(cpu: Cpu, next_mm: Mm, why: str) -> None:
 def enter_lazy_tlb(cpu: Cpu) -> None:
     """arch/x86/include/asm/tlbflush.h: enter_lazy_tlb(): keep the user mm
     loaded (CR3 unchanged); the hardware may still walk it speculatively."""
-    if cpu.loaded_mm is cpu.m.init_mm:
+    mm = cpu.loaded_mm
+    if mm is cpu.m.init_mm:
         return
+    assert mm is not None  # (None only before boot)
     cpu.is_lazy = True
-    cpu.m.h.emit(cpu.id, "switch_mm", mm=cpu.loaded_mm.id, lazy=True, why="enter_lazy_tlb",
+    cpu.m.h.emit(cpu.id, "switch_mm", mm=mm.id, lazy=True, why="enter_lazy_tlb",
                  flush=False)
 
 
