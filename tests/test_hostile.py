@@ -273,7 +273,9 @@ def pte_free_tlb(tlb, pte, address):
 @pytest.mark.parametrize("body, what", [
     ('raise RuntimeError("planted")', "pte_free_tlb() raised RuntimeError: planted"),
     ("import sys; sys.exit(3)", "pte_free_tlb() called sys.exit(3)"),
-    ("yield from _native.pte_free_tlb(tlb, None, address)", "pte_free_tlb() raised AttributeError"),
+    # (TypeError under the compiled build: a compiled function checks its arguments' types)
+    ("yield from _native.pte_free_tlb(tlb, None, address)",
+     "pte_free_tlb() raised AttributeError|pte_free_tlb() raised TypeError: impls.machine.page_alloc.Frame"),
 ])
 def test_a_hook_that_fails_is_that_plugins_error(capsys, tmp_path, body, what):
     f = tmp_path / "failing.py"
@@ -281,7 +283,7 @@ def test_a_hook_that_fails_is_that_plugins_error(capsys, tmp_path, body, what):
     code, out, err = run(capsys, "run", IPI, "--strategy-file", str(f))
     assert code == 2
     msg = one_line_error(err)
-    assert f"{f}:10: strategy 'failing': {what}" in msg
+    assert any(f"{f}:10: strategy 'failing': {w}" in msg for w in what.split("|")), msg
 
 
 @pytest.mark.parametrize("argv", [

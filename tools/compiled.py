@@ -1,6 +1,7 @@
-"""The optional compiled build: the oracle checks listed in :data:`MODULES`
-(no machine module yet), compiled with mypyc into extension modules that sit
-next to their ``.py`` files and shadow them on import.
+"""The optional compiled build: the modules listed in :data:`MODULES` (the
+oracle's checks, the machine core, the program generator), compiled with mypyc
+into extension modules that sit next to their ``.py`` files and shadow them on
+import.
 
     .venv/bin/python tools/compiled.py build    # `make compiled` (needs mypy and a C compiler)
     .venv/bin/python tools/compiled.py clean    # `make clean-compiled`: the pure-Python path again

@@ -25,6 +25,12 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # (the compiled build needs it, and mypy brings it)
+    def mypyc_attr(*_args: Any, **_kw: Any) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
 #: agent id of the RCU grace-period kthread / callback (softirq) agent
 RCU = -1
 
@@ -112,6 +118,7 @@ def _sched_entry(agent: int, steps: int) -> SchedEntry:
     return e
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (the explorers, minimize, tape)
 class Choices:
     """Base class of choice sources: records every decision it hands out.
 
@@ -171,6 +178,7 @@ def default_pick(runnable: Sequence[int], last: int | None) -> int:
     return min(cpus) if cpus else runnable[0]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (the explorers, minimize, tape)
 class Replay(Choices):
     """Replays a :class:`Schedule`; falls back to :func:`default_pick` and to
     ``False`` once a label's recorded decisions are used up."""
@@ -271,6 +279,7 @@ _RANDBELOW_INLINE = getattr(random.Random, "_randbelow", None) is \
     getattr(random.Random, "_randbelow_with_getrandbits", object())
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (the explorers, minimize, tape)
 class RandomChoices(Choices):
     """Uniform random scheduling and biased flips from a seeded private RNG."""
 
@@ -325,6 +334,7 @@ class RandomChoices(Choices):
         return p > 0.0 and self._rng.random() < p
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (the explorers, minimize, tape)
 class PCTChoices(Choices):
     """Probabilistic Concurrency Testing (Burckhardt et al., ASPLOS 2010).
 
@@ -369,6 +379,7 @@ class PCTChoices(Choices):
         return p > 0.0 and self._rng.random() < p
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (the explorers, minimize, tape)
 class ByteChoices(Choices):
     """Decisions decoded from a byte string (the atheris driver): one byte per
     decision; when the bytes run out, the default policy and ``False``."""

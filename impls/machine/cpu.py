@@ -155,9 +155,11 @@ class Cpu:
         self.next_asid = 1
         self.ctxs: list[list[Any]] = [[None, 0] for _ in range(TLB_NR_DYN_ASIDS)]
         self.ipi: deque[Any] = deque()
-        self.gen: Iterator[str] | None = None
+        self.gen: Iterator[Any] | None = None  # (yields labels; a plug-in hook may yield None)
         self.wait: Callable[[], bool] | None = None
-        self.label = "idle"
+        #: the label of the preemption point it is at: what its generator
+        #: yielded (a string; a plug-in hook's bare ``yield`` gives None)
+        self.label: Any = "idle"
         self.done = False
         self.pv: dict[str, Any] = {}
         self.op_index = -1

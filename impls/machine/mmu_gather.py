@@ -154,11 +154,12 @@ def tlb_get_unmap_shift(tlb: MmuGather) -> int:
 TABLE_FLAGS = ("freed_tables", "unshared_tables")
 
 
-def tlb_tables_changed(tlb: MmuGather) -> bool:
+def tlb_tables_changed(tlb: Any) -> bool:
     """``tlb->freed_tables || tlb->unshared_tables``: what arm64 turns into
     ``!last_level`` (a TLBI that also drops walk-cache entries).  MODEL: read by
     name, so a gather flag added to :data:`TABLE_FLAGS` is honoured by every
-    platform's ``tlb_flush`` that asks this, without touching it."""
+    platform's ``tlb_flush`` that asks this, without touching it (``tlb``: a
+    gather, or any object with such flags)."""
     for flag in TABLE_FLAGS:
         if getattr(tlb, flag, False):
             return True

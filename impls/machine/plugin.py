@@ -121,7 +121,7 @@ def is_generator_function(fn: Any) -> bool | None:
     return _compiled_is_generator(modname, getattr(fn, "__qualname__", ""))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_is_generator(modname: str, qualname: str) -> bool | None:
     """Does the def of ``qualname`` in the source of module ``modname`` yield?
     The source is found next to its package's ``__init__.py`` (interpreted):
