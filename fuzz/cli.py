@@ -293,9 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     if argv is None:  # the command line itself (not a test calling main([...]))
+        # explore's guidance is coverage.py's arcs, the sleep-set reduction's
+        # footprints come from the tracer: both watch the interpreted code
         needs = ("explore" if args.command == "explore"
-                 else f"{args.command} --exhaustive" if getattr(args, "exhaustive", False) else None)
-        if needs is not None:  # they trace the interpreted code: no return if compiled modules are loaded
+                 else f"{args.command} --exhaustive --reduction sleep"
+                 if getattr(args, "exhaustive", False) and getattr(args, "reduction", "none") == "sleep" else None)
+        if needs is not None:  # no return if compiled modules are loaded
             reexec_pure(sys.argv[1:], needs)
     try:
         return args.func(args)

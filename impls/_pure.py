@@ -12,8 +12,9 @@ Python code and see nothing of a compiled module:
 * ``explore``'s guidance and report use coverage.py's line and arc tracing of
   ``impls/`` and ``oracle/``, which compiled functions do not emit.
 
-So ``shootdown explore``, ``run --exhaustive`` and ``matrix --exhaustive``
-re-execute themselves with ``SHOOTDOWN_PURE=1`` when compiled modules are
+So ``shootdown explore`` and ``run --exhaustive --reduction sleep`` (the
+only exhaustive mode that installs the tracer; the default, no reduction, runs
+compiled) re-execute themselves with ``SHOOTDOWN_PURE=1`` when compiled modules are
 loaded (:func:`reexec_pure`, called by ``fuzz.cli.main``), and anyone can set
 the variable to run everything interpreted without removing the build.
 

@@ -65,6 +65,7 @@ def outcomes(program, strategy, platform, reduce: bool, k: int = 2, f: int = 1):
     return seen, r
 
 
+@pytest.mark.interpreted
 @pytest.mark.parametrize("path,strategy", SMALL)
 def test_reduction_agrees_with_brute_force(path: str, strategy: str):
     lit, platform = load(path)
@@ -77,6 +78,7 @@ def test_reduction_agrees_with_brute_force(path: str, strategy: str):
     assert r_red.stats.executions < r_full.stats.executions
 
 
+@pytest.mark.interpreted
 @pytest.mark.parametrize("variant", ["all-independent", "no-budget-rule"])
 def test_the_comparison_catches_an_unsound_reduction(variant: str, monkeypatch):
     """Each unsound variant loses an outcome on gupfast+munmap+ipi: naive sleep
@@ -118,6 +120,7 @@ def test_every_execution_replays_exactly():
     assert again.program.schedule == ex.schedule
 
 
+@pytest.mark.interpreted
 def test_a_budget_stop_is_partial_and_resumes(tmp_path: Path):
     lit, platform = load("corpus/lazytlb+munmap+tablefree.yaml")
     s = registry.strategy("semi-rcu")
@@ -195,6 +198,7 @@ def test_planted_bug_found_at_its_smallest_bound(path: Path, strategy: str):
 
 # -- footprints ------------------------------------------------------------------------
 
+@pytest.mark.interpreted
 def test_tracer_restores_the_classes():
     before = Frame.__getattribute__
     with Tracer():
@@ -203,6 +207,7 @@ def test_tracer_restores_the_classes():
     assert "__getattribute__" not in Frame.__dict__
 
 
+@pytest.mark.interpreted
 def test_footprint_sees_container_writes_and_held_references():
     tr = Tracer()
     with tr:
@@ -300,6 +305,7 @@ def test_matrix_exhaustive_cells(tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p, _ in SMALL] + ["corpus/ptewalk+madvise+ptreclaim+batchfail.yaml",
                                                           "corpus/gupfast+munmap+xenflush.yaml"])
+@pytest.mark.interpreted
 @pytest.mark.parametrize("strategy", registry.STRATEGIES)
 def test_reduction_agrees_with_brute_force_all_strategies(path: str, strategy: str):
     """The longer version: every built-in, two choices."""

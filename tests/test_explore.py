@@ -231,6 +231,7 @@ def test_a_planted_bug_is_found_and_drawn(planted):
     assert "<== UAF-TABLE" in report and "CPU0" in report and "CPU1" in report   # the race diagram
 
 
+@pytest.mark.interpreted
 def test_the_report_has_coverage_behaviours_and_growth(planted):
     d, _ = planted
     report = (d / "report.md").read_text()

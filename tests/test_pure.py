@@ -1,6 +1,6 @@
 """``SHOOTDOWN_PURE=1`` (impls/_pure.py): the interpreted modules even beside a
 compiled build, and the commands that trace interpreted code (explore, the
-exhaustive explorer) asking for it themselves.
+exhaustive explorer's sleep-set reduction) asking for it themselves.
 
 A real compiled build is not needed to show the finder works: an extension
 module that cannot load (garbage bytes under the extension suffix) shadows its
@@ -82,8 +82,9 @@ def test_reexec_only_when_compiled_modules_are_loaded(monkeypatch):
 
 @pytest.mark.parametrize("argv, needs", [
     (["explore", "--budget", "1"], "explore"),
-    (["run", "--exhaustive", "corpus/x.yaml"], "run --exhaustive"),
-    (["matrix", "--exhaustive"], "matrix --exhaustive"),
+    (["run", "--exhaustive", "--reduction", "sleep", "corpus/x.yaml"], "run --exhaustive --reduction sleep"),
+    (["run", "--exhaustive", "corpus/x.yaml"], None),  # no reduction, no tracer: the compiled build is fine
+    (["matrix", "--exhaustive"], None),
     (["fuzz", "--runs", "1"], None),
     (["matrix"], None),
 ])
