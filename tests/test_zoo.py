@@ -111,6 +111,26 @@ def find(m: mutants.Mutant, check: str, engine: str, seed: int, runs: int) -> tu
     return None, stats.programs
 
 
+def fired(m: mutants.Mutant, check: str, engine: str, seed: int, runs: int) -> int | None:
+    """The number of programs after which ``check`` first fired on the planted
+    bug's strategy (None: not within ``runs``).  Unlike :func:`find`, this is
+    not hidden by the deduplication of findings: the first finding of a
+    signature may carry another check (an ``ordering`` violation of the same
+    unflushed free, say) and the later programs where ``check`` fires too are
+    not reported again, so they are counted from the feedback keys
+    (``c:<strategy#>:<check>``, ``d`` for a divergence) instead."""
+    su = mutants.setup(m)
+    if check == "divergence":
+        key = "d"
+    else:
+        key = f"c:{[s.name for s in su.strategies].index(su.target)}:{check}"
+    stats = Stats()
+    for _ in fuzz_iter(su.strategies, su.platform, su.env, engine, seed=seed, length=LENGTH,
+                       stop=lambda i: i >= runs or key in stats.keys, stats=stats):
+        pass
+    return stats.programs if key in stats.keys else None
+
+
 def reproducer(m: mutants.Mutant, f: Finding, tmp_path: Path) -> Path:
     """The finding as a litmus file: the program with the schedule the
     target strategy ran (a divergence finding carries none: re-run its
@@ -250,11 +270,17 @@ def slow(request):
 @pytest.mark.slow
 @pytest.mark.parametrize("m", ZOO, ids=lambda m: m.name)
 def test_planted_bug_is_found_from_every_seed(m: mutants.Mutant, slow):
-    """From each of five seeds, random or PCT finds the bug within SLOW_RUNS
-    programs; the rare ones (RARE) from at least three of the five."""
+    """From each of five seeds, random or PCT makes the bug's check fire within
+    SLOW_RUNS programs; the rare ones (RARE) from at least three of the five.
+    Counted with :func:`fired`, not :func:`find`: since the native
+    environments have no lazy-TLB CPUs (5e26022), no_table_invalidate
+    (native+batch-fail) and mm_users_shortcut (native) first show as an
+    ``ordering`` finding from some seeds (seed 2: program 1), and the
+    stale-psc of the later programs (by program 2 and 7) shares that
+    finding's signature, so it is not reported again."""
     found = 0
     for seed in SLOW_SEEDS:
-        if any(find(m, m.check, engine, seed, SLOW_RUNS)[0] is not None for engine in ("random", "pct")):
+        if any(fired(m, m.check, engine, seed, SLOW_RUNS) is not None for engine in ("random", "pct")):
             found += 1
     need = 3 if m.name in RARE else len(SLOW_SEEDS)
     assert found >= need, f"{m.name}: {m.check} found from {found} of {len(SLOW_SEEDS)} seeds"
