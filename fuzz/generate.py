@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from impls.machine.choices import by_value
 from impls.machine.pgtable import PAGE_SIZE, PMD_SIZE, PUD_SIZE
 from impls.machine.program import Env, Op, Program
 
@@ -154,10 +155,7 @@ class GenConfig:
     files: tuple[str, ...] = ()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # pickled by value: the compiled build (tools/compiled.py) cannot
-        # unpickle a frozen dataclass attribute by attribute (its __setattr__ raises)
-        return (GenConfig, (self.platform, self.cpus, self.mms, self.length, self.pt_reclaim, self.kvm,
-                            self.iommu, self.lazy_tlb, self.thp, self.weights, self.files))
+        return by_value(self)  # (pickled by value: the compiled build)
 
 
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -439,9 +437,9 @@ def _gen_op(draw: Draw, st: _State, cpu: int, mms: int, weights: dict[str, float
             options.insert(0, None)
         if not options:
             return None
-        target2 = options[draw.int(0, len(options) - 1)]
-        st.running[cpu] = target2
-        return _op(cpu, "switch", mm=target2)
+        to_mm = options[draw.int(0, len(options) - 1)]
+        st.running[cpu] = to_mm
+        return _op(cpu, "switch", mm=to_mm)
     if kind == "exit":
         st.alive.discard(mm)
         for c in range(len(st.running)):

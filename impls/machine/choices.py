@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import groupby
 from typing import Any
 
@@ -30,6 +30,14 @@ try:
 except ImportError:  # (the compiled build needs it, and mypy brings it)
     def mypyc_attr(*_args: Any, **_kw: Any) -> Any:  # type: ignore[misc]
         return lambda cls: cls
+
+def by_value(obj: Any) -> tuple[Any, ...]:
+    """``__reduce__`` of a frozen dataclass: rebuilt by calling its class with
+    its fields, in order.  The compiled build (tools/compiled.py) cannot
+    unpickle a frozen dataclass attribute by attribute (its __setattr__
+    raises); every field is listed, so a field added later is pickled too."""
+    return (type(obj), tuple(getattr(obj, f.name) for f in fields(obj)))
+
 
 #: agent id of the RCU grace-period kthread / callback (softirq) agent
 RCU = -1
@@ -69,9 +77,7 @@ class SchedEntry:
     until: str | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # pickled by value: the compiled build (tools/compiled.py) cannot
-        # unpickle a frozen dataclass attribute by attribute (its __setattr__ raises)
-        return (SchedEntry, (self.agent, self.steps, self.until))
+        return by_value(self)  # (pickled by value: the compiled build)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +92,7 @@ class Schedule:
     flips: tuple[tuple[str, tuple[bool, ...]], ...] = ()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # pickled by value: the compiled build (tools/compiled.py) cannot
-        # unpickle a frozen dataclass attribute by attribute (its __setattr__ raises)
-        return (Schedule, (self.sched, self.flips))
+        return by_value(self)  # (pickled by value: the compiled build)
 
     def flips_dict(self) -> dict[str, tuple[bool, ...]]:
         return dict(self.flips)

@@ -121,6 +121,16 @@ class Mm:
         return None
 
 
+
+def pgd_of(mm: Mm) -> tuple[Frame, int]:
+    """``pgd_offset()``'s starting point for a user mm: its top-level table
+    and the generation its walkers believe it has (only init_mm has no pgd
+    here, and nothing walks it)."""
+    pgd = mm.pgd
+    assert pgd is not None, "init_mm has no pgd"
+    return pgd, mm.pgd_gen
+
+
 class Cpu:
     __slots__ = (
         "id", "m", "irq_off", "rcu_nesting", "preempt_count", "rcu_sid",

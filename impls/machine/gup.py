@@ -24,7 +24,7 @@ walker protects itself); the machine calls ``m.S.gup_fast``.
 
 from __future__ import annotations
 
-from .cpu import Cpu, Mm, Step, down_read, local_irq_restore, local_irq_save, rcu_read_lock, up_read
+from .cpu import Cpu, Mm, Step, down_read, local_irq_restore, local_irq_save, pgd_of, rcu_read_lock, up_read
 from .page_alloc import DATA, Frame
 from .pgtable import (
     entry_pfn,
@@ -77,9 +77,7 @@ def gup_fast(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
     sw_read = m.sw_read
     local_irq_save(cpu)
     yield f"{WHO}:irq_off"
-    pgd = mm.pgd
-    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
-    f, gen = pgd, mm.pgd_gen
+    f, gen = pgd_of(mm)
     for level, name in ((4, "pgd"), (3, "pud")):
         val = sw_read(cpu, f, gen, index(level, addr), WHO)
         if not is_table_entry(val):

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .cpu import Cpu, Mm, Step, down_read, down_write, spin_lock, spin_unlock, up_read, up_write
+from .cpu import Cpu, Mm, Step, down_read, down_write, pgd_of, spin_lock, spin_unlock, up_read, up_write
 from .filemap import i_mmap_lock_read, i_mmap_lock_write, i_mmap_unlock_read, i_mmap_unlock_write
 from .mmu_gather import VM_SHARED, tlb_end_vma, tlb_flush_pmd_range, tlb_start_vma
 from .page_alloc import DATA, Frame
@@ -128,9 +128,8 @@ def hugetlb_walk_pud(cpu: Cpu, mm: Mm, addr: int, who: str) -> Ptr | None:
     """The PUD entry of ``addr`` in ``mm`` (pgd_offset/p4d_offset/pud_offset),
     or None if the PGD entry is none."""
     m = cpu.m
-    pgd = mm.pgd
-    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
-    val = m.sw_read(cpu, pgd, mm.pgd_gen, index(4, addr), who)
+    pgd, pgd_gen = pgd_of(mm)
+    val = m.sw_read(cpu, pgd, pgd_gen, index(4, addr), who)
     if not is_table_entry(val):
         return None
     child = child_of(cpu, val)
@@ -206,10 +205,9 @@ def huge_pte_alloc(cpu: Cpu, mm: Mm, vma, addr: int) -> Step:
     from .memory import __p_alloc
     m = cpu.m
     who = "fault"
-    pgd = mm.pgd
-    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
-    pgdp = Ptr(pgd, mm.pgd_gen, index(4, addr))
-    if not entry_present(m.sw_read(cpu, pgd, mm.pgd_gen, pgdp.idx, who)):
+    pgd, pgd_gen = pgd_of(mm)
+    pgdp = Ptr(pgd, pgd_gen, index(4, addr))
+    if not entry_present(m.sw_read(cpu, pgd, pgd_gen, pgdp.idx, who)):
         yield from __p_alloc(cpu, mm, pgdp, 3, addr & ~((1 << 39) - 1))
     pudp = hugetlb_walk_pud(cpu, mm, addr, who)
     if pudp is None:

@@ -32,7 +32,7 @@ from . import (
     sched_core,
 )
 from .choices import RCU, Choices, Replay
-from .cpu import Cpu, Mm, Step, Vma
+from .cpu import Cpu, Mm, Step, Vma, pgd_of
 from .history import HW, Event, History, new_event
 from .page_alloc import DATA, FREE, TABLE, Frame, Frames
 from .pgtable import LEVEL_SHIFT, PAGE_SHIFT, entry_pfn, entry_present, garbage_entry, is_table_entry, pmd_trans_huge
@@ -203,9 +203,9 @@ class Machine:
             c.loaded_mm = self.init_mm
             c.active_mm = self.init_mm
             c.ctxs[0] = [self.init_mm, self.init_mm.tlb_gen]
-            start0 = p.start_of(c.id)
-            if start0 is not None:
-                mm = self.mms[start0]
+            first_mm = p.start_of(c.id)
+            if first_mm is not None:
+                mm = self.mms[first_mm]
                 for _ in self.P.switch_mm_irqs_off(c, mm, "boot"):
                     pass  # no other CPU runs at boot
                 c.current_mm = mm
@@ -458,8 +458,7 @@ class Machine:
             mapping: dict[int, tuple[int, int]] = {}
             huge: dict[int, tuple[int, int]] = {}
             tables: list[tuple[int, int, int]] = []
-            pgd = mm.pgd
-            assert pgd is not None  # a user mm (init_mm is not in self.mms)
+            pgd, _ = pgd_of(mm)  # (init_mm is not in self.mms)
             if not mm.freed:
                 self._collect(pgd, 4, 0, mapping, tables, huge)
             d = {

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .cpu import Cpu, Mm, Step, spin_lock, spin_unlock
+from .cpu import Cpu, Mm, Step, pgd_of, spin_lock, spin_unlock
 from .filemap import folio_unlock, i_mmap_lock_read, i_mmap_unlock_read, shmem_fault, unlink_file_vma
 from .hugetlb import hugetlb_fault, is_vm_hugetlb_page, unmap_hugepage_vma
 from .mmu_gather import tlb_end_vma, tlb_flush_pte_range, tlb_gather_mmu, tlb_start_vma
@@ -127,9 +127,7 @@ def handle_mm_fault(cpu: Cpu, mm: Mm, addr: int, write: bool) -> Step:
     vma = mm.find_vma(addr)
     if vma is not None and is_vm_hugetlb_page(vma):
         return (yield from hugetlb_fault(cpu, mm, vma, addr, write))
-    pgd = mm.pgd
-    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
-    f, gen = pgd, mm.pgd_gen
+    f, gen = pgd_of(mm)
     for level in (4, 3):
         parent = Ptr(f, gen, index(level, addr))
         val = m.sw_read(cpu, f, gen, parent.idx, who)
@@ -587,8 +585,7 @@ def free_pgd_range(tlb: MmuGather, addr: int, end: int, floor: int, ceiling: int
         end -= PMD_SIZE
     if addr > end - 1:
         return
-    pgd = mm.pgd
-    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+    pgd, _ = pgd_of(mm)
     while True:
         nxt = min((addr & PGDIR_MASK) + PGDIR_SIZE, end)
         pgdp = Ptr(pgd, mm.pgd_gen, index(4, addr))

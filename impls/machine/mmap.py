@@ -25,7 +25,7 @@ Read at mainline v6.19.
 
 from __future__ import annotations
 
-from .cpu import Cpu, Mm, Step, Vma, down_read, down_write, downgrade_write, up_read, up_write
+from .cpu import Cpu, Mm, Step, Vma, down_read, down_write, downgrade_write, pgd_of, up_read, up_write
 from .filemap import i_mmap_lock_write, i_mmap_unlock_write, vma_link_file
 from .hugetlb import hugetlb_range_ok, is_vm_hugetlb_page
 from .memory import FIRST_USER_ADDRESS, USER_PGTABLES_CEILING, ZapDetails, free_pgtables, unmap_vmas
@@ -214,7 +214,6 @@ def mmdrop_check(cpu: Cpu, mm: Mm) -> None:
     mm.freed = True
     if m.P.pgd_free is not None:
         m.P.pgd_free(cpu, mm)
-    pgd = mm.pgd
-    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
+    pgd, _ = pgd_of(mm)
     m.h.emit(cpu.id, "mmdrop", mm=mm.id, pgd=pgd.pfn)
     m.frames.free(cpu.id, pgd, "pgd_free")

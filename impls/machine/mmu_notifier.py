@@ -18,7 +18,7 @@ notifiers (start/end and the secondary TLB hook).
 
 from __future__ import annotations
 
-from .cpu import Cpu, Mm, Step, spin_lock, spin_unlock
+from .cpu import Cpu, Mm, Step, pgd_of, spin_lock, spin_unlock
 from .gup import get_user_page
 from .page_alloc import FREE, SpinLock
 from .pgtable import PAGE_SHIFT, PMD_SHIFT
@@ -196,9 +196,8 @@ def iommu_access(cpu: Cpu, op) -> Step:
     io = mm.iommu
     hit = tlb_lookup(io.tlb, op.addr)
     if hit is None:
-        pgd = mm.pgd
-        assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
-        hit = hw_walk(cpu, IOMMU, io.tlb, io.psc, pgd.pfn, mm.pgd_gen, op.addr, "iommu")
+        pgd, pgd_gen = pgd_of(mm)
+        hit = hw_walk(cpu, IOMMU, io.tlb, io.psc, pgd.pfn, pgd_gen, op.addr, "iommu")
         if hit is None:
             m.h.emit(IOMMU, "iommu_fault", addr=op.addr)
             yield "iommu_access:fault"

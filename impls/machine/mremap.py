@@ -48,7 +48,7 @@ taken in the kernel's order.
 
 from __future__ import annotations
 
-from .cpu import Cpu, Mm, Step, Vma, down_write, spin_lock, spin_unlock, up_write
+from .cpu import Cpu, Mm, Step, Vma, down_write, pgd_of, spin_lock, spin_unlock, up_write
 from .filemap import i_mmap_lock_write, i_mmap_unlock_write, vma_link_file
 from .huge_memory import move_huge_pmd, split_huge_pmd
 from .hugetlb import is_vm_hugetlb_page
@@ -102,9 +102,7 @@ def drop_rmap_locks(cpu: Cpu, vma: Vma) -> None:
 def _walk(cpu: Cpu, mm: Mm, addr: int, levels: tuple[int, ...], who: str) -> Ptr | None:
     """pgd_offset() downwards through present table entries; None at a none."""
     m = cpu.m
-    pgd = mm.pgd
-    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
-    f, gen = pgd, mm.pgd_gen
+    f, gen = pgd_of(mm)
     for level in levels:
         val = m.sw_read(cpu, f, gen, index(level, addr), who)
         if not is_table_entry(val):
@@ -130,9 +128,7 @@ def get_old_pmd(cpu: Cpu, mm: Mm, addr: int) -> Ptr | None:
 def _alloc_down(cpu: Cpu, mm: Mm, addr: int, levels: tuple[int, ...]) -> Step:
     """p4d/pud/pmd_alloc() along ``levels``: allocate what is none."""
     m = cpu.m
-    pgd = mm.pgd
-    assert pgd is not None  # a user mm: only init_mm (never walked) has no pgd
-    f, gen = pgd, mm.pgd_gen
+    f, gen = pgd_of(mm)
     for level in levels:
         parent = Ptr(f, gen, index(level, addr))
         val = m.sw_read(cpu, f, gen, parent.idx, "mremap")
