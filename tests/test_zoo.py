@@ -262,7 +262,7 @@ RARE = {"gather_drops_page_when_full": "a data page must hit a full batch whose 
 
 @pytest.fixture
 def slow(request):
-    """The slow tests run only when selected (``-m slow``, as ``make fuzz`` does)."""
+    """The slow tests run only when selected (``pytest -m slow``; neither `make test` nor `make fuzz` runs them)."""
     if "slow" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("slow: run with -m slow")
 
